@@ -1,0 +1,49 @@
+# scratchpilot — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+SHARED_DATA ?= $(abspath ../shared/data)
+export SCRATCHPILOT_DATA ?= $(SHARED_DATA)
+export SDL_VIDEODRIVER ?= dummy
+export SDL_AUDIODRIVER ?= dummy
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test bench lint install-all install-dev system-deps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed-all: $(PY) pyproject.toml
+	$(PIP) install -e '.[all]'
+	touch $@
+
+$(VENV)/.installed-dev: $(PY) pyproject.toml
+	$(PIP) install -e '.[all,dev]'
+	touch $@
+
+install-all: $(VENV)/.installed-all
+install-dev: $(VENV)/.installed-dev
+
+# Debian packages the tests drive for real (a headless browser); installed only when missing.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: install-all
+	$(VENV)/bin/scratchpilot demo --out runs/demo
+
+test: install-dev system-deps
+	$(PY) -m pytest -q
+
+bench: install-dev
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/run_all.py
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,192 @@
+"""Save and load models as one ``.npz``: a JSON config plus the parameter arrays.
+
+Layout of the archive (a plain zip of ``.npy`` files):
+
+- ``config.json.npy``: the UTF-8 bytes of a JSON document, as a uint8 array, holding the format name and
+  version, the architecture, loss, optimiser, dtype, training history and free-form ``metadata``
+  (preprocessing spec, label names, accuracy, ...).
+- ``p{i}.{name}.npy``: parameter ``name`` of layer ``i`` (e.g. ``p0.W``).
+
+Loading uses ``allow_pickle=False`` throughout, checks every array's shape and dtype against the config,
+and turns any problem (truncated, foreign, tampered or too-new file) into a :class:`ModelFileError` that
+names the file and what is wrong. Nothing in a model file is ever executed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import activations, layers, losses, optim
+
+FORMAT = "scratchpilot-model"
+FORMAT_VERSION = 1
+CONFIG_KEY = "config.json"
+
+_LAYER_TYPES = {cls.__name__: cls for cls in (layers.Dense, layers.Dropout, layers.Flatten,
+                                               activations.Sigmoid, activations.Tanh, activations.ReLU,
+                                               activations.LeakyReLU)}
+_OPTIMIZERS = {"SGD": optim.SGD, "Adam": optim.Adam}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded; the message names the file and the problem."""
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def save(model, path) -> None:
+    """Write ``model`` atomically (temp file + rename) to ``path``."""
+    path = Path(path)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **model.config(),
+        "history": _jsonable(dict(model.history)),
+        "metadata": _jsonable(model.metadata),
+    }
+    arrays = {CONFIG_KEY: np.frombuffer(json.dumps(config, allow_nan=False).encode("utf-8"), dtype=np.uint8)}
+    for i, layer in enumerate(model.layers):
+        for name, value in layer.params.items():
+            arrays[f"p{i}.{name}"] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _build_layer(cfg: dict, where: str):
+    if not isinstance(cfg, dict) or cfg.get("type") not in _LAYER_TYPES:
+        raise ModelFileError(f"{where}: unknown layer {cfg!r}; known: {sorted(_LAYER_TYPES)}")
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    try:
+        return _LAYER_TYPES[cfg["type"]](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: invalid layer {cfg!r}: {exc}") from None
+
+
+def _build_optimizer(cfg: dict | None):
+    cfg = dict(cfg or {})
+    cls = _OPTIMIZERS.get(cfg.pop("type", "SGD"), optim.SGD)
+    cfg.pop("schedule", None)  # schedules are training-time choices; not needed to predict
+    try:
+        return cls(**cfg)
+    except (TypeError, ValueError):
+        return optim.SGD()
+
+
+def read_config(path) -> dict:
+    """Read and check just the JSON config of a model file."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
+            names = set(archive.files)
+            if CONFIG_KEY not in names:
+                raise ModelFileError(f"{path}: not a scratchpilot model (no {CONFIG_KEY} entry; "
+                                     f"entries: {sorted(names)[:5]})")
+            arrays = {name: archive[name] for name in names}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
+        # ValueError covers pickled object arrays refused by allow_pickle=False and bad .npy headers
+        raise ModelFileError(f"{path}: not a readable scratchpilot model file "
+                             f"(truncated or corrupted?): {type(exc).__name__}: {exc}") from None
+    raw = arrays.pop(CONFIG_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelFileError(f"{path}: {CONFIG_KEY} must be a 1-D uint8 array, got {raw.dtype} {raw.shape}")
+    try:
+        config = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: config is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a scratchpilot model (format is "
+                             f"{config.get('format') if isinstance(config, dict) else config!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: written by a newer scratchpilot (format version {version}); "
+                             f"this one reads up to {FORMAT_VERSION}: upgrade scratchpilot")
+    return config, arrays
+
+
+def load(path):
+    """Load a model saved by :meth:`Sequential.save`; raises :class:`ModelFileError` on any problem."""
+    from .losses import LOSSES
+    from .model import Sequential
+
+    path = Path(path)
+    config, arrays = _open(path)
+    layer_cfgs = config.get("layers")
+    if not isinstance(layer_cfgs, list) or not layer_cfgs:
+        raise ModelFileError(f"{path}: config has no layers")
+    built = [_build_layer(cfg, f"{path}: layer {i}") for i, cfg in enumerate(layer_cfgs)]
+    loss_cfg = config.get("loss") or {}
+    loss_cls = LOSSES.get(loss_cfg.get("type") if isinstance(loss_cfg, dict) else None)
+    if loss_cls is None:
+        raise ModelFileError(f"{path}: unknown loss {loss_cfg!r}; known: {sorted(LOSSES)}")
+    dtype = config.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise ModelFileError(f"{path}: unsupported dtype {dtype!r}")
+    try:
+        model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
+                           seed=0, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: inconsistent architecture: {exc}") from None
+    expected = set()
+    for i, layer in enumerate(model.layers):
+        for name, param in layer.params.items():
+            key = f"p{i}.{name}"
+            expected.add(key)
+            if key not in arrays:
+                raise ModelFileError(f"{path}: missing array {key} for layer {i} ({layer!r})")
+            value = arrays[key]
+            if value.shape != param.shape:
+                raise ModelFileError(f"{path}: array {key} has shape {value.shape}, layer {i} ({layer!r}) "
+                                     f"needs {param.shape}")
+            if value.dtype != param.dtype:
+                raise ModelFileError(f"{path}: array {key} has dtype {value.dtype}, expected {param.dtype}")
+            if not np.isfinite(value).all():
+                raise ModelFileError(f"{path}: array {key} contains NaN or infinite values")
+            param[...] = value
+    extra = set(arrays) - expected
+    if extra:
+        raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
+    history = config.get("history") or {}
+    if isinstance(history, dict):
+        for key, values in history.items():
+            if isinstance(values, list):
+                model.history[key] = values
+    metadata = config.get("metadata") or {}
+    model.metadata = metadata if isinstance(metadata, dict) else {}
+    model.saved_at = config.get("saved_at")
+    return model

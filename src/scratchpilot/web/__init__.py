@@ -1,0 +1,1 @@
+"""scratchpilot.web"""
