@@ -64,6 +64,10 @@ class Dense(Layer):
         _init.get(init)  # fail early on a typo
         self.n_in, self.n_out, self.init = int(n_in), int(n_out), init
         self._x: np.ndarray | None = None
+        #: set by Sequential on the first layer, whose input needs no gradient: then columns that are
+        #: zero in the whole batch (MNIST borders: ~290 of 784 at batch 64) are skipped in both products
+        self.skip_zero_columns = False
+        self._cols: np.ndarray | None = None
 
     def build(self, rng: np.random.Generator, dtype) -> None:
         W = _init.get(self.init)(rng, self.n_in, self.n_out, dtype)
@@ -78,13 +82,31 @@ class Dense(Layer):
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise ValueError(f"Dense({self.n_in}, {self.n_out}) expects input of shape (N, {self.n_in}), "
                              f"got {x.shape}")
+        self._cols = None
+        if self.skip_zero_columns and training and x.shape[0] >= 32:
+            used = np.flatnonzero(x.any(axis=0))
+            # Gathering costs about a third of a dense product: worth it only when many columns are empty.
+            if used.size < 0.8 * self.n_in:
+                self._cols = used
+                x = x[:, used]
+                self._x = x
+                z = x @ np.take(self.params["W"], used, axis=0)
+                z += self.params["b"]
+                return z
         self._x = x
         z = x @ self.params["W"]
         z += self.params["b"]
         return z
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        np.matmul(self._x.T, grad, out=self.grads["W"])
+        if self._cols is not None:
+            # rows of dW for all-zero input columns are exactly zero: x_col.T @ g = 0
+            dW = self.grads["W"]
+            dW.fill(0)
+            dW[self._cols] = self._x.T @ grad
+            input_grad = False  # only set up for the first layer, whose input has no gradient
+        else:
+            np.matmul(self._x.T, grad, out=self.grads["W"])
         np.sum(grad, axis=0, out=self.grads["b"])
         return grad @ self.params["W"].T if input_grad else None
 

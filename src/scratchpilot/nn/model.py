@@ -115,6 +115,8 @@ class Sequential:
         # Backprop stops at the first layer with parameters: nothing below it needs a gradient.
         with_params = [i for i, layer in enumerate(self.layers) if layer.params]
         self._first_trainable = with_params[0] if with_params else len(self.layers)
+        if with_params and hasattr(self.layers[self._first_trainable], "skip_zero_columns"):
+            self.layers[self._first_trainable].skip_zero_columns = True
         self._check_widths()
 
     # ---------------------------------------------------------------- structure
@@ -215,7 +217,7 @@ class Sequential:
             progress: bool = True, shuffle: bool = True, threads: int | str | None = "auto") -> History:
         """Train by mini-batch gradient descent.
 
-        Each epoch shuffles the data (one gather, then contiguous batch views), takes one optimiser step
+        Each epoch shuffles the data (each batch gathered from a fresh permutation), takes one optimiser step
         per mini-batch, and logs ``loss``/``accuracy`` (averaged over the epoch's batches, as trained)
         and, with ``validation_data=(X_val, y_val)``, ``val_loss``/``val_accuracy``.
 
@@ -246,17 +248,17 @@ class Sequential:
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
                 self.optimizer.start_epoch(epoch - start_epoch)
-                if shuffle:
-                    order = self.rng.permutation(n)
-                    Xs, ys = X[order], y[order]
-                else:
-                    Xs, ys = X, y
+                order = self.rng.permutation(n) if shuffle else None
                 bar = ProgressBar(n_batches, f"epoch {epoch + 1:>3}/{start_epoch + epochs}") \
                     if progress else None
                 loss_sum, correct = 0.0, 0
                 for b in range(n_batches):
-                    xb = Xs[b * batch_size:(b + 1) * batch_size]
-                    yb = ys[b * batch_size:(b + 1) * batch_size]
+                    if order is None:
+                        xb = X[b * batch_size:(b + 1) * batch_size]
+                        yb = y[b * batch_size:(b + 1) * batch_size]
+                    else:  # gather one batch at a time: cache-friendly, no second copy of X
+                        idx = order[b * batch_size:(b + 1) * batch_size]
+                        xb, yb = np.take(X, idx, axis=0), np.take(y, idx, axis=0)
                     loss, out = self.train_step(xb, yb)
                     loss_sum += loss * xb.shape[0]
                     correct += _n_correct(out, yb)
