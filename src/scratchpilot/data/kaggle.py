@@ -1,0 +1,342 @@
+"""Kaggle "Digit Recognizer" CSV files: the train/test data and the submission format.
+
+- train: header ``label,pixel0,...,pixel783``, then one image a line: its label 0..9 and 784 pixels 0..255.
+- test: the same without the ``label`` column.
+- submission: header ``ImageId,Label``, then ``1,<label>``, ``2,<label>``, ... one line per test image.
+
+Files may be plain or gzip-compressed, with LF or CRLF line ends, a UTF-8 byte-order mark and a
+missing or extra final newline. Anything else is a :class:`CsvFormatError` naming the file, line and
+column.
+
+Parsing speed: the 42,000-line train file (76 MB) is parsed with vectorised NumPy byte operations
+(see :func:`_parse_chunk_fast`), checked as strictly as the line-by-line reader that takes over for
+any chunk of lines the fast path does not accept, so errors are reported exactly. It is faster than
+``pandas.read_csv`` on the same file; ``bench/csv_parse.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._files import GZIP_ERRORS, atomic_write, open_binary
+
+N_PIXELS = 784
+N_CLASSES = 10
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
+TRAIN_HEADER = ("label", *PIXEL_COLUMNS)
+TEST_HEADER = PIXEL_COLUMNS
+SUBMISSION_HEADER = ("ImageId", "Label")
+
+_BOM = b"\xef\xbb\xbf"
+_COMMA, _NEWLINE, _ZERO, _NINE = ord(","), ord("\n"), ord("0"), ord("9")
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+# about 128 KiB of text per chunk keeps the fast path's temporaries in the CPU cache
+_CHUNK_BYTES = 1 << 17
+
+
+class CsvFormatError(ValueError):
+    """A CSV file that does not follow the expected format.
+
+    The message reads ``<file>, line L, column C (name): problem``; the parts are also attributes
+    (``path``, ``line``, ``column``, 1-based; ``None`` where they do not apply).
+    """
+
+    def __init__(self, path, problem: str, line: int | None = None, column: int | None = None,
+                 column_name: str | None = None):
+        self.path, self.problem, self.line, self.column = Path(path), problem, line, column
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column}" + (f" ({column_name})" if column_name else "")
+        super().__init__(f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_kaggle_csv(path: str | os.PathLike, expect_labels: bool | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a Kaggle Digit Recognizer train or test CSV (``.csv`` or ``.csv.gz``).
+
+    Parameters
+    ----------
+    path : the file; train or test format is recognised from the header.
+    expect_labels : True to require the train format, False the test format, None to accept either.
+
+    Returns
+    -------
+    X : uint8 (N, 784), pixels 0..255 in row-major 28x28 order.
+    y : int64 (N,) labels 0..9, or None for a test-format file.
+
+    Raises
+    ------
+    CsvFormatError
+        Empty file, wrong header, wrong column count, a value that is not an integer, a pixel outside
+        0..255 or a label outside 0..9, with file, line and column in the message.
+    """
+    path = Path(path)
+    text = _read_csv_bytes(path)
+    header_end = text.index(b"\n")  # present: _read_csv_bytes ends the text with one
+    has_labels = _check_header(path, _header_names(text[:header_end]), expect_labels)
+    columns = TRAIN_HEADER if has_labels else TEST_HEADER
+    if header_end + 1 == len(text):
+        raise CsvFormatError(path, "no data rows after the header", line=2)
+
+    values = _parse_rows(path, text, header_end + 1, columns, label_column=has_labels)
+    if has_labels:
+        return np.ascontiguousarray(values[:, 1:]), values[:, 0].astype(np.int64)
+    return values, None
+
+
+def _read_csv_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed, without BOM, with LF line ends and exactly one final newline."""
+    try:
+        with open_binary(path) as fh:
+            text = fh.read()
+    except GZIP_ERRORS as exc:
+        raise CsvFormatError(path, f"damaged gzip data ({exc})") from exc
+    if text.startswith(_BOM):
+        text = text[len(_BOM):]
+    if b"\r" in text:
+        # a lone CR that is not part of CRLF stays in and is reported as a bad character
+        text = text.replace(b"\r\n", b"\n")
+    if not text or text.isspace():  # isspace stops at the first other byte; strip() would copy
+        raise CsvFormatError(path, "empty file")
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    elif text.endswith(b"\n\n"):
+        text = text.rstrip(b"\n") + b"\n"
+    return text
+
+
+def _header_names(line: bytes) -> list[str]:
+    """Column names of a header line; surrounding spaces and double quotes are ignored."""
+    return [name.strip().strip('"') for name in line.decode("utf-8", errors="replace").split(",")]
+
+
+def _check_header(path: Path, names: list[str], expect_labels: bool | None) -> bool:
+    """Validate a train or test header; returns True for the train format (with a label column)."""
+    if names[0] == "label":
+        expected, has_labels = TRAIN_HEADER, True
+    elif names[0] == "pixel0":
+        expected, has_labels = TEST_HEADER, False
+    else:
+        hint = " (the file has no header line?)" if names[0].isdigit() else ""
+        raise CsvFormatError(path, f"header must start with 'label' (train format) or 'pixel0' (test "
+                                   f"format), found {_shorten(names[0])}{hint}", line=1, column=1)
+    for column, (name, want) in enumerate(zip(names, expected, strict=False), start=1):
+        if name != want:
+            raise CsvFormatError(path, f"header column should be {want!r}, found {_shorten(name)}",
+                                 line=1, column=column)
+    if len(names) != len(expected):
+        first_bad = min(len(names), len(expected)) + 1
+        raise CsvFormatError(path, f"header has {len(names)} columns, expected {len(expected)} "
+                                   f"({expected[0]}, ..., {expected[-1]})", line=1, column=first_bad)
+    if expect_labels is not None and expect_labels != has_labels:
+        wanted = "train format (label,pixel0,...)" if expect_labels else "test format (pixel0,...)"
+        found = "train" if has_labels else "test"
+        raise CsvFormatError(path, f"expected the {wanted}, found the {found} format", line=1)
+    return has_labels
+
+
+def _parse_rows(path: Path, text: bytes, start: int, columns: tuple[str, ...],
+                label_column: bool) -> np.ndarray:
+    """Parse the data lines of ``text`` from byte ``start`` (each ending in a newline) into uint8 (N, C)."""
+    n_rows = text.count(b"\n", start)
+    values = np.empty((n_rows, len(columns)), dtype=np.uint8)
+    buffer = np.frombuffer(text, dtype=np.uint8)
+    row = 0
+    while start < len(text):
+        stop = text.rfind(b"\n", start, start + _CHUNK_BYTES) + 1
+        if stop <= start:  # one line longer than a chunk
+            stop = text.index(b"\n", start) + 1
+        chunk = _parse_chunk_fast(buffer[start:stop], len(columns))
+        if chunk is None or (label_column and chunk[:, 0].max(initial=0) >= N_CLASSES):
+            chunk = _parse_chunk_strict(path, text[start:stop], first_line=row + 2, columns=columns,
+                                        label_column=label_column)
+        values[row:row + len(chunk)] = chunk
+        row += len(chunk)
+        start = stop
+    return values
+
+
+def _parse_chunk_fast(chunk: np.ndarray, n_columns: int) -> np.ndarray | None:
+    """Vectorised parse of whole lines of unsigned integers 0..255; None if anything is unusual.
+
+    Only the common, strictly valid case is accepted: every field 1 to 3 ASCII digits, fields
+    separated by commas, ``n_columns`` fields a line, each line ending in a newline, values <= 255.
+    On None the caller re-reads the chunk line by line, which either reports the first error
+    precisely or accepts the rarer valid spellings (such as leading zeros beyond three digits).
+    """
+    if chunk[0] < _ZERO or chunk.max() > _NINE:
+        return None
+    is_digit = chunk >= _ZERO  # only digits, commas and newlines remain below '9'; checked just below
+    sep_pos = np.flatnonzero(~is_digit)
+    n_commas = np.count_nonzero(chunk == _COMMA)
+    n_lines = np.count_nonzero(chunk == _NEWLINE)
+    if n_commas + n_lines != len(sep_pos) or len(sep_pos) != n_lines * n_columns:
+        return None  # a character other than digit/comma/newline, or a line with the wrong field count
+    if not (chunk[sep_pos[n_columns - 1::n_columns]] == _NEWLINE).all():
+        return None  # miscounted lines that happen to add up overall
+    # every field 1..3 digits: no separator directly after a separator, no run of four digits
+    if (~is_digit[1:] & ~is_digit[:-1]).any():
+        return None
+    if (is_digit[3:] & is_digit[2:-1] & is_digit[1:-2] & is_digit[:-3]).any():
+        return None
+    # value of the (up to three digit) number ending at each byte; read where a field ends
+    digit = (chunk - np.uint8(_ZERO)) * is_digit
+    number = digit.astype(np.uint16)
+    number[1:] += digit[:-1] * np.uint16(10)
+    number[2:] += digit[:-2] * (is_digit[1:-1] * np.uint16(100))
+    values = number[sep_pos - 1]
+    if values.max() > 255:
+        return None
+    return values.astype(np.uint8).reshape(-1, n_columns)
+
+
+def _parse_chunk_strict(path: Path, chunk: bytes, first_line: int, columns: tuple[str, ...],
+                        label_column: bool) -> np.ndarray:
+    """Line-by-line parse of ``chunk`` (whole lines) that raises at the first problem, with its position."""
+    lines = chunk.split(b"\n")[:-1]
+    values = np.empty((len(lines), len(columns)), dtype=np.uint8)
+    for offset, line in enumerate(lines):
+        line_no = first_line + offset
+        if not line.strip():
+            raise CsvFormatError(path, "empty line", line=line_no)
+        fields = line.split(b",")
+        if len(fields) != len(columns):
+            first_bad = min(len(fields), len(columns)) + 1
+            where = (f"column {first_bad} ({columns[first_bad - 1]}) missing" if len(fields) < len(columns)
+                     else f"extra column {first_bad}")
+            raise CsvFormatError(path, f"expected {len(columns)} columns, found {len(fields)} ({where})",
+                                 line=line_no)
+        for column, field in enumerate(fields):
+            is_label = label_column and column == 0
+            if not _INTEGER.fullmatch(field):
+                raise CsvFormatError(path, f"{_shorten(field)} is not an integer", line_no, column + 1,
+                                     columns[column])
+            value = int(field)
+            low, high = (0, N_CLASSES - 1) if is_label else (0, 255)
+            if not low <= value <= high:
+                what = "label" if is_label else "pixel value"
+                raise CsvFormatError(path, f"{what} {value} is outside {low}..{high}", line_no, column + 1,
+                                     columns[column])
+            values[offset, column] = value
+    return values
+
+
+def _shorten(field: bytes | str, limit: int = 24) -> str:
+    text = field.decode("utf-8", errors="replace") if isinstance(field, bytes) else field
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+# Every field is one of 256 values followed by ',' or '\n': a table of those strings, NUL-padded to
+# four bytes, turns a block of codes into text with one gather and one bytes.translate to drop the NULs.
+@functools.cache
+def _field_text() -> np.ndarray:
+    table = np.zeros((2, 256, 4), dtype=np.uint8)
+    for sep_index, sep in enumerate((",", "\n")):
+        for value in range(256):
+            text = f"{value}{sep}".encode("ascii")
+            table[sep_index, value, :len(text)] = np.frombuffer(text, dtype=np.uint8)
+    return table.view("<u4").reshape(512)
+
+
+_ROWS_PER_BLOCK = 1024
+
+
+def write_kaggle_csv(path: str | os.PathLike, X: np.ndarray, y: np.ndarray | None = None) -> Path:
+    """Write images in the Kaggle Digit Recognizer CSV format, atomically (gzip if ``path`` ends in .gz).
+
+    Parameters
+    ----------
+    path : output file.
+    X : uint8 (N, 784) or (N, 28, 28) pixels 0..255.
+    y : int (N,) labels 0..9 for the train format (``label,pixel0,...``); None for the test format.
+    """
+    X = np.asarray(X)
+    if X.dtype != np.uint8 or X.ndim < 2 or X[0].size != N_PIXELS:
+        raise ValueError(f"X must be uint8 (N, 784) or (N, 28, 28), got {X.dtype} {X.shape}")
+    X = X.reshape(len(X), N_PIXELS)
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (len(X),) or y.dtype.kind not in "iu":
+            raise ValueError(f"y must be integer labels of shape ({len(X)},), got {y.dtype} {y.shape}")
+        if len(y) and (y.min() < 0 or y.max() >= N_CLASSES):
+            raise ValueError(f"labels must be 0..{N_CLASSES - 1}, found {y.min()}..{y.max()}")
+    header = TRAIN_HEADER if y is not None else TEST_HEADER
+    n_columns = len(header)
+    codes = np.empty((min(len(X), _ROWS_PER_BLOCK), n_columns), dtype=np.uint16)
+    with atomic_write(Path(path)) as fh:
+        fh.write((",".join(header) + "\n").encode("ascii"))
+        for first in range(0, len(X), _ROWS_PER_BLOCK):
+            last = min(first + _ROWS_PER_BLOCK, len(X))
+            block = codes[:last - first]
+            if y is not None:
+                block[:, 0] = y[first:last]
+            block[:, n_columns - N_PIXELS:] = X[first:last]
+            block[:, -1] += 256  # the last field of a line ends in a newline
+            fh.write(_field_text()[block].tobytes().translate(None, b"\0"))
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ submission
+
+
+def write_submission(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write a Kaggle submission (``ImageId,Label``, ImageId counting from 1), atomically.
+
+    Parameters
+    ----------
+    labels : int (N,) predicted digits 0..9, in the order of the test file's rows.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= N_CLASSES))
+    if len(bad):
+        raise ValueError(f"labels must be 0..{N_CLASSES - 1}; labels[{bad[0]}] is {labels[bad[0]]}")
+    lines = [",".join(SUBMISSION_HEADER)]
+    lines += [f"{image_id},{label}" for image_id, label in enumerate(labels.tolist(), start=1)]
+    with atomic_write(Path(path)) as fh:
+        fh.write(("\n".join(lines) + "\n").encode("ascii"))
+    return Path(path)
+
+
+def read_submission(path: str | os.PathLike, expected_rows: int | None = None) -> np.ndarray:
+    """Read and validate a Kaggle submission file; returns the labels, int64 (N,), in ImageId order.
+
+    Checks the header ``ImageId,Label``, that ImageIds run 1, 2, ..., N in order, that every label is
+    0..9 and (if given) that there are ``expected_rows`` rows. Raises :class:`CsvFormatError`.
+    """
+    path = Path(path)
+    text = _read_csv_bytes(path)
+    lines = text.split(b"\n")[:-1]
+    header = _header_names(lines[0])
+    if header != list(SUBMISSION_HEADER):
+        raise CsvFormatError(path, f"header must be 'ImageId,Label', found {_shorten(lines[0])}", line=1)
+    if len(lines) < 2:
+        raise CsvFormatError(path, "no rows after the header", line=2)
+    labels = np.empty(len(lines) - 1, dtype=np.int64)
+    for line_no, line in enumerate(lines[1:], start=2):
+        fields = line.split(b",")
+        if len(fields) != 2:
+            raise CsvFormatError(path, f"expected 2 columns, found {len(fields)}", line=line_no)
+        image_id, label = (f.strip() for f in fields)
+        if image_id != str(line_no - 1).encode():
+            raise CsvFormatError(path, f"ImageId should be {line_no - 1}, found {_shorten(image_id)} (ImageIds "
+                                       "run 1, 2, ... in order)", line_no, 1, "ImageId")
+        if not (len(label) == 1 and label.isdigit()):
+            raise CsvFormatError(path, f"label {_shorten(label)} is not a digit 0..9", line_no, 2, "Label")
+        labels[line_no - 2] = label[0] - _ZERO
+    if expected_rows is not None and len(labels) != expected_rows:
+        raise CsvFormatError(path, f"{len(labels)} rows, expected {expected_rows} (one per test image)")
+    return labels
