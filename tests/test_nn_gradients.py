@@ -5,8 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scratchpilot.nn import (Dense, Dropout, Flatten, LeakyReLU, Quadratic, ReLU, Sequential, Sigmoid,
-                             SigmoidCrossEntropy, SoftmaxCrossEntropy, Tanh, gradient_check)
+from scratchpilot.nn import (
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Quadratic,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    SigmoidCrossEntropy,
+    SoftmaxCrossEntropy,
+    Tanh,
+    gradient_check,
+)
 
 TOL = 1e-7
 

@@ -9,8 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from scratchpilot.nn import (SGD, Adam, CosineDecay, Dense, EarlyStopping, Quadratic, ReLU, Sequential,
-                             Sigmoid, SoftmaxCrossEntropy, StepDecay, Tanh)
+from scratchpilot.nn import (
+    SGD,
+    Adam,
+    CosineDecay,
+    Dense,
+    EarlyStopping,
+    Quadratic,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    StepDecay,
+    Tanh,
+)
 
 
 def _one_unit(optimizer, w=(0.5, -0.25), b=0.1):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import activations, layers, losses, optim
+from . import activations, layers, optim
 
 FORMAT = "scratchpilot-model"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def save(model, path) -> None:
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **model.config(),
         "history": _jsonable(dict(model.history)),
         "metadata": _jsonable(model.metadata),
@@ -106,9 +106,10 @@ def _open(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
+        with archive:
             names = set(archive.files)
             if CONFIG_KEY not in names:
                 raise ModelFileError(f"{path}: not a scratchpilot model (no {CONFIG_KEY} entry; "

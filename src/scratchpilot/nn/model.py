@@ -214,7 +214,8 @@ class Sequential:
     # ---------------------------------------------------------------- training
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
             early_stopping: EarlyStopping | int | None = None, callbacks: Sequence[Callback] | None = None,
-            progress: bool = True, shuffle: bool = True, threads: int | str | None = "auto") -> History:
+            progress: bool = True, shuffle: bool = True, threads: int | str | None = "auto",
+            augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> History:
         """Train by mini-batch gradient descent.
 
         Each epoch shuffles the data (each batch gathered from a fresh permutation), takes one optimiser step
@@ -224,6 +225,9 @@ class Sequential:
         ``early_stopping``: an :class:`EarlyStopping` or a patience in epochs.
         ``callbacks``: callables ``cb(model, epoch, logs)``; returning True stops training.
         ``threads``: BLAS threads; ``"auto"`` uses one thread for batches up to 256 (faster here).
+        ``augment``: ``augment(x_batch, rng) -> x_batch`` applied to every training batch (e.g. shifts).
+        The learning-rate schedule counts epochs over the model's whole history, so calling ``fit`` again
+        continues it.
         Returns the :class:`History` (also kept in ``self.history`` and saved with the model).
         """
         X = self._check_X(X)
@@ -247,7 +251,7 @@ class Sequential:
         with _threads.blas_threads(n_threads):
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
-                self.optimizer.start_epoch(epoch - start_epoch)
+                self.optimizer.start_epoch(epoch)
                 order = self.rng.permutation(n) if shuffle else None
                 bar = ProgressBar(n_batches, f"epoch {epoch + 1:>3}/{start_epoch + epochs}") \
                     if progress else None
@@ -259,6 +263,8 @@ class Sequential:
                     else:  # gather one batch at a time: cache-friendly, no second copy of X
                         idx = order[b * batch_size:(b + 1) * batch_size]
                         xb, yb = np.take(X, idx, axis=0), np.take(y, idx, axis=0)
+                    if augment is not None:
+                        xb = augment(xb, self.rng)
                     loss, out = self.train_step(xb, yb)
                     loss_sum += loss * xb.shape[0]
                     correct += _n_correct(out, yb)

@@ -1,0 +1,34 @@
+"""``make bench``: run every benchmark in turn; each prints its table and writes bench/results/NAME.json."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BENCHMARKS = ["train_speed", "accuracy", "csv_parse", "serve_load", "expert_score", "stream_latency"]
+
+
+def main() -> int:
+    failed = []
+    for name in BENCHMARKS:
+        if not (Path(__file__).parent / f"{name}.py").exists():
+            continue
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        try:
+            importlib.import_module(name).main([])
+        except Exception as exc:  # report and go on with the other benchmarks
+            print(f"{name} failed: {type(exc).__name__}: {exc}")
+            failed.append(name)
+        print(f"({name}: {time.perf_counter() - t0:.0f} s)")
+    if failed:
+        print("failed:", ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""``scratchpilot digits ...``: train, evaluate, predict, kaggle, export-images.
+
+Only argparse is imported here; the handlers import NumPy and the engine when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DATA_HELP = ("dataset: mnist, mnist-test, fashion, fashion-test, or a path "
+             "(Kaggle CSV, .csv.gz, or an IDX images file with its labels file beside it)")
+
+
+def add_parser(subparsers) -> None:
+    digits = subparsers.add_parser("digits", help="handwritten digits: train, evaluate, predict, Kaggle")
+    sub = digits.add_subparsers(dest="digits_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a digits network")
+    p.add_argument("--data", default="mnist", help=DATA_HELP + " (default: mnist)")
+    p.add_argument("--blog", action="store_true",
+                   help="the tutorial's exact set-up: 784-30-10, sigmoid, quadratic cost, batch 10, eta 3.0, "
+                        "30 epochs")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--validate", default="mnist-test",
+                   help="dataset to report accuracy on after each epoch ('none' to skip; default mnist-test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="model.npz", help="where to save the model (default model.npz)")
+    p.add_argument("--json", metavar="PATH", help="write the training figures as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, confusion matrix, per-class precision/recall/F1")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="mnist-test", help=DATA_HELP + " (default: mnist-test)")
+    p.add_argument("--plot", metavar="PNG", help="save a confusion-matrix figure")
+    p.add_argument("--json", metavar="PATH", help="write accuracy, n, confusion and per-class figures as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels for every image of a dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--out", default="predictions.csv", help="CSV ImageId,Label (default predictions.csv)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("kaggle", help="Kaggle Digit Recognizer: train (or load), predict, write submission")
+    p.add_argument("--train", help="Kaggle train.csv (label first); needed unless --model is given")
+    p.add_argument("--test", required=True, help="Kaggle test.csv (pixels only)")
+    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--model", help="use this model instead of training one")
+    p.add_argument("--save-model", metavar="PATH", help="save the trained model here")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of train.csv held out to report validation accuracy (default 0.1)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_kaggle)
+
+    p = sub.add_parser("export-images", help="one PNG per row, in one folder per label")
+    p.add_argument("data", help=DATA_HELP)
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", choices=["png", "jpg"], default="png")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.set_defaults(func=cmd_export_images)
+
+
+def _load_dataset(spec: str):
+    from ..cli import CommandError
+    from ..data import resolve_dataset
+
+    try:
+        return resolve_dataset(spec)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _load_model(path: str):
+    from .. import nn
+    from ..cli import CommandError
+
+    try:
+        model = nn.load(path)
+    except nn.ModelFileError as exc:
+        raise CommandError(str(exc)) from None
+    if model.n_inputs != 784:
+        raise CommandError(f"{path}: not a digits model (it takes {model.n_inputs} inputs, not 784)")
+    return model
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from ..data import to_features
+    from . import models
+
+    train_set = _load_dataset(args.data)
+    if train_set.labels is None:
+        from ..cli import CommandError
+
+        raise CommandError(f"{args.data}: has no labels, cannot train on it")
+    validation = None
+    if args.validate.lower() != "none":
+        val_set = _load_dataset(args.validate)
+        if val_set.labels is not None:
+            validation = (val_set.images, val_set.labels)
+    config = models.BLOG if args.blog else models.BEST
+    epochs = args.epochs or config.epochs
+    print(f"training the {config.name} network on {train_set.name} ({len(train_set.labels):,d} images), "
+          f"{epochs} epochs")
+    t0 = time.perf_counter()
+    model = models.train(config, train_set.images, train_set.labels, seed=args.seed, validation=validation,
+                         epochs=epochs)
+    seconds = time.perf_counter() - t0
+    model.metadata["dataset"] = train_set.name
+    result = {"config": config.name, "epochs": epochs, "train_seconds": seconds,
+              "train_accuracy": model.history["accuracy"][-1]}
+    if validation is not None:
+        acc = model.evaluate(to_features(validation[0]), validation[1])["accuracy"]
+        model.metadata["test_accuracy"] = acc
+        model.metadata["test_dataset"] = args.validate
+        result.update(validation_dataset=args.validate, validation_accuracy=acc,
+                      validation_history=model.history["val_accuracy"])
+        print(f"{args.validate} accuracy: {acc:.2%}  ({seconds:.1f} s)")
+    model.save(args.out)
+    print(f"saved {args.out}")
+    _write_json(args.json, {**result, "model": str(args.out)})
+    return 0
+
+
+def evaluate_model(model, dataset) -> dict:
+    """Accuracy (with a 95% interval), confusion matrix and per-class figures of a model on a dataset."""
+    from ..data import to_features
+    from .metrics import confusion_matrix, per_class_report, wilson_interval
+
+    predictions = model.predict(to_features(dataset.images))
+    labels = model.metadata.get("labels") or [str(i) for i in range(model.n_outputs)]
+    confusion = confusion_matrix(dataset.labels, predictions, len(labels))
+    correct = int(confusion.trace())
+    n = int(confusion.sum())
+    low, high = wilson_interval(correct, n)
+    return {"dataset": dataset.name, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "accuracy_ci95": [low, high], "labels": labels, "confusion": confusion.tolist(),
+            "per_class": per_class_report(confusion), "predictions": predictions}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..cli import CommandError
+    from .metrics import format_confusion, format_report, plot_confusion
+
+    model = _load_model(args.model)
+    dataset = _load_dataset(args.data)
+    if dataset.labels is None:
+        raise CommandError(f"{args.data}: has no labels, cannot evaluate on it (use 'digits predict')")
+    result = evaluate_model(model, dataset)
+    labels = result["labels"]
+    low, high = result["accuracy_ci95"]
+    print(f"{dataset.name}: accuracy {result['accuracy']:.2%} ({result['correct']:,d} / {result['n']:,d}), "
+          f"95% CI {low:.2%}–{high:.2%}\n")
+    print(format_confusion(np.array(result["confusion"]), labels) + "\n")
+    print(format_report(result["per_class"], labels))
+    if args.plot:
+        plot_confusion(np.array(result["confusion"]), labels, args.plot,
+                       title=f"{Path(args.model).name} on {dataset.name}: {result['accuracy']:.2%}")
+        print(f"\nconfusion matrix figure: {args.plot}")
+    result.pop("predictions")
+    _write_json(args.json, {**result, "model": str(args.model)})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..data import to_features, write_submission
+
+    model = _load_model(args.model)
+    dataset = _load_dataset(args.data)
+    predictions = model.predict(to_features(dataset.images))
+    write_submission(args.out, predictions)
+    print(f"wrote {len(predictions):,d} predictions to {args.out}")
+    return 0
+
+
+def cmd_kaggle(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..cli import CommandError
+    from ..data import read_kaggle_csv, to_features, write_submission
+    from . import models
+
+    def read(path, want_labels):
+        try:
+            X, y = read_kaggle_csv(path)
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        if want_labels and y is None:
+            raise CommandError(f"{path}: this is a test-format CSV (no label column); --train needs train.csv")
+        return X.reshape(-1, 28, 28), y
+
+    test_images, test_labels = read(args.test, want_labels=False)
+    result: dict = {"test": args.test, "n_test": int(len(test_images))}
+    if args.model:
+        model = _load_model(args.model)
+    else:
+        if not args.train:
+            raise CommandError("give --train train.csv (to train a model) or --model model.npz")
+        images, labels = read(args.train, want_labels=True)
+        rng = np.random.default_rng(args.seed)
+        order = rng.permutation(len(labels))
+        n_val = int(round(args.holdout * len(labels)))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        model = models.train(models.BEST, images[train_idx], labels[train_idx], seed=args.seed,
+                             epochs=args.epochs)
+        if n_val:
+            acc = model.evaluate(to_features(images[val_idx]), labels[val_idx])["accuracy"]
+            print(f"validation accuracy on {n_val:,d} held-out rows of {args.train}: {acc:.2%}")
+            result.update(validation_accuracy=acc, n_validation=n_val)
+            model.metadata["validation_accuracy"] = acc
+        model.metadata["dataset"] = str(args.train)
+        if args.save_model:
+            model.save(args.save_model)
+    predictions = model.predict(to_features(test_images))
+    write_submission(args.out, predictions)
+    print(f"wrote {args.out}: {len(predictions):,d} rows (ImageId from 1)")
+    if test_labels is not None:  # a test file with labels (e.g. exported from MNIST): score it
+        acc = float(np.mean(predictions == test_labels))
+        result["test_accuracy"] = acc
+        print(f"accuracy against the labels in {args.test}: {acc:.2%}")
+    _write_json(args.json, {**result, "submission": str(args.out)})
+    return 0
+
+
+def cmd_export_images(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CommandError("export-images needs Pillow: pip install 'scratchpilot[web]'") from None
+    dataset = _load_dataset(args.data)
+    images = dataset.images if args.limit is None else dataset.images[: args.limit]
+    labels = dataset.labels
+    out = Path(args.out)
+    counts: dict[str, int] = {}
+    width = len(str(len(images)))
+    for i, image in enumerate(images):
+        label = str(int(labels[i])) if labels is not None else "unlabelled"
+        folder = out / label
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i + 1:0{width}d}.{args.format}")
+        counts[label] = counts.get(label, 0) + 1
+    print(f"wrote {len(images):,d} images to {out}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return 0

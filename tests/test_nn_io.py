@@ -1,0 +1,158 @@
+"""Save/load round trips and refusal of bad model files."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from scratchpilot import nn
+from scratchpilot.nn import SGD, Dense, Dropout, LeakyReLU, ModelFileError, ReLU, Sequential, load
+
+
+@pytest.fixture()
+def trained(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = Sequential([Dense(6, 5), LeakyReLU(0.05), Dropout(0.2), Dense(5, 3, init="glorot")],
+                       optimizer=SGD(0.1, momentum=0.9), seed=0)
+    model.fit(X, y, epochs=2, batch_size=16, progress=False)
+    model.metadata = {"preprocessing": {"kind": "mnist", "scale": 255}, "labels": ["a", "b", "c"]}
+    path = tmp_path / "m.npz"
+    model.save(path)
+    return model, path, X
+
+
+def test_round_trip_is_bit_exact(trained):
+    model, path, X = trained
+    loaded = load(path)
+    for a, b in zip(model.layers, loaded.layers, strict=True):
+        assert type(a) is type(b) and a.config() == b.config()
+        for k in a.params:
+            assert a.params[k].dtype == b.params[k].dtype
+            assert np.array_equal(a.params[k], b.params[k])
+    assert np.array_equal(model.predict_proba(X), loaded.predict_proba(X))
+    assert loaded.metadata == model.metadata
+    assert loaded.history["loss"] == model.history["loss"]
+    assert nn.read_config(path)["format_version"] == nn.io.FORMAT_VERSION
+
+
+def _write_npz(path, **arrays):
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _config_bytes(cfg):
+    return np.frombuffer(json.dumps(cfg).encode(), dtype=np.uint8)
+
+
+def _good_config(path):
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["config.json"].tobytes()), {k: z[k] for k in z.files if k != "config.json"}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load(tmp_path / "nope.npz")
+
+
+def test_truncated_file(trained, tmp_path):
+    _, path, _ = trained
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupted"):
+        load(bad)
+
+
+def test_random_bytes(tmp_path):
+    bad = tmp_path / "noise.npz"
+    bad.write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(ModelFileError, match=str(bad.name)):
+        load(bad)
+
+
+def test_foreign_npz(tmp_path):
+    bad = tmp_path / "foreign.npz"
+    _write_npz(bad, weights=np.zeros(3))
+    with pytest.raises(ModelFileError, match="no config.json entry"):
+        load(bad)
+
+
+def test_bare_npy(tmp_path):
+    bad = tmp_path / "bare.npy"
+    np.save(bad, np.zeros(3))
+    with pytest.raises(ModelFileError, match="not an .npz"):
+        load(bad)
+
+
+def test_pickled_object_array_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.npz"
+    arr = np.empty(1, dtype=object)
+    arr[0] = Evil()
+    with open(bad, "wb") as fh:
+        np.savez(fh, **{"config.json": arr})
+    with pytest.raises(ModelFileError):
+        load(bad)
+    assert not marker.exists()
+
+
+def test_tampered_shape(trained, tmp_path):
+    _, path, _ = trained
+    cfg, arrays = _good_config(path)
+    arrays["p0.W"] = np.zeros((7, 5), np.float32)
+    bad = tmp_path / "tampered.npz"
+    _write_npz(bad, **{"config.json": _config_bytes(cfg)}, **arrays)
+    with pytest.raises(ModelFileError, match=r"p0.W has shape \(7, 5\)"):
+        load(bad)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda cfg, arr: cfg.update(format="something-else"), "not a scratchpilot model"),
+    (lambda cfg, arr: cfg.update(format_version=99), "newer scratchpilot"),
+    (lambda cfg, arr: cfg["layers"].append({"type": "os.system", "cmd": "rm"}), "unknown layer"),
+    (lambda cfg, arr: cfg["layers"][0].update(n_in=-3), "invalid layer"),
+    (lambda cfg, arr: cfg.update(loss={"type": "Evil"}), "unknown loss"),
+    (lambda cfg, arr: arr.pop("p3.b"), "missing array p3.b"),
+    (lambda cfg, arr: arr.update(extra=np.zeros(1)), "unexpected arrays"),
+    (lambda cfg, arr: arr.update({"p0.b": np.full(5, np.nan, np.float32)}), "NaN"),
+    (lambda cfg, arr: arr.update({"p0.b": np.zeros(5, np.float64)}), "dtype float64"),
+])
+def test_tampered_config(trained, tmp_path, mutate, match):
+    _, path, _ = trained
+    cfg, arrays = _good_config(path)
+    mutate(cfg, arrays)
+    bad = tmp_path / "bad.npz"
+    _write_npz(bad, **{"config.json": _config_bytes(cfg)}, **arrays)
+    with pytest.raises(ModelFileError, match=match):
+        load(bad)
+
+
+def test_config_not_json(tmp_path):
+    bad = tmp_path / "garbage.npz"
+    _write_npz(bad, **{"config.json": np.frombuffer(b"\xff{not json", dtype=np.uint8)})
+    with pytest.raises(ModelFileError, match="not valid UTF-8 JSON"):
+        load(bad)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(trained, tmp_path):
+    model, path, _ = trained
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+    assert zipfile.is_zipfile(io.BytesIO(path.read_bytes()))
+
+
+def test_relu_model_loads(tmp_path):
+    model = Sequential([Dense(3, 2), ReLU(), Dense(2, 2)], seed=1)
+    model.save(tmp_path / "r.npz")
+    assert load(tmp_path / "r.npz").summary() == model.summary()
