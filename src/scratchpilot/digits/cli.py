@@ -52,6 +52,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.1,
                    help="fraction of train.csv held out to report validation accuracy (default 0.1)")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--labels", metavar="DATASET",
+                   help="score the submission against this dataset's labels (e.g. mnist-test when the test "
+                        "CSV was made with 'scratchpilot data export-csv mnist-test test.csv --no-labels')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(func=cmd_kaggle)
@@ -227,10 +230,20 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
     predictions = model.predict(to_features(test_images))
     write_submission(args.out, predictions)
     print(f"wrote {args.out}: {len(predictions):,d} rows (ImageId from 1)")
-    if test_labels is not None:  # a test file with labels (e.g. exported from MNIST): score it
-        acc = float(np.mean(predictions == test_labels))
-        result["test_accuracy"] = acc
-        print(f"accuracy against the labels in {args.test}: {acc:.2%}")
+    truth, truth_name = test_labels, args.test
+    if args.labels:
+        reference = _load_dataset(args.labels)
+        if reference.labels is None or len(reference.labels) != len(predictions):
+            raise CommandError(f"--labels {args.labels}: needs {len(predictions):,d} labels to score "
+                               f"{args.out}, it has {0 if reference.labels is None else len(reference.labels):,d}")
+        truth, truth_name = reference.labels, reference.name
+    if truth is not None:
+        from ..data import read_submission
+
+        submitted = read_submission(args.out, expected_rows=len(predictions))  # the file as written
+        acc = float(np.mean(submitted == truth))
+        result.update(test_accuracy=acc, scored_against=truth_name)
+        print(f"submission accuracy against the labels of {truth_name}: {acc:.2%}")
     _write_json(args.json, {**result, "submission": str(args.out)})
     return 0
 

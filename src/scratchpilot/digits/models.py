@@ -7,7 +7,6 @@ Both read images through one preprocessing function (:func:`scratchpilot.data.to
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,13 +126,11 @@ def _jsonable_config(config: TrainConfig) -> dict:
     return d
 
 
-def cache_dir() -> Path:
-    """Where scratchpilot keeps downloads and default models (``SCRATCHPILOT_CACHE`` overrides)."""
-    return Path(os.environ.get("SCRATCHPILOT_CACHE") or Path.home() / ".cache" / "scratchpilot")
-
-
 def default_model_path() -> Path:
-    return cache_dir() / "models" / "digits-default.npz"
+    """The cached default digits model, under the data cache (``SCRATCHPILOT_CACHE`` overrides)."""
+    from ..data import default_cache_dir
+
+    return default_cache_dir() / "models" / "digits-default.npz"
 
 
 def ensure_default_model(progress: bool = True, config: TrainConfig = BEST) -> Path:

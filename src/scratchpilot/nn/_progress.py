@@ -14,11 +14,13 @@ class ProgressBar:
         self.stream = stream if stream is not None else sys.stderr
         self.start = self._last = time.perf_counter()
         self.done = 0
+        # redraw in place only on a terminal; in logs (CI, pipes) print just the closing line
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def update(self, done: int, **metrics) -> None:
         self.done = done
         now = time.perf_counter()
-        if now - self._last >= self.interval or done >= self.total:
+        if self.live and (now - self._last >= self.interval or done >= self.total):
             self._last = now
             self._draw(now, metrics, end="")
 
@@ -31,5 +33,6 @@ class ProgressBar:
         filled = int(round(frac * self.width))
         bar = "#" * filled + "-" * (self.width - filled)
         text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        self.stream.write(f"\r{self.label} [{bar}] {frac:4.0%} {now - self.start:5.1f}s {text}\033[K{end}")
+        prefix, clear = ("\r", "\033[K") if self.live else ("", "")
+        self.stream.write(f"{prefix}{self.label} [{bar}] {frac:4.0%} {now - self.start:5.1f}s {text}{clear}{end}")
         self.stream.flush()
