@@ -80,7 +80,12 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, sha256: 
             return dest
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # OSError covers URLError, HTTPError, timeouts, refused connections and our own errors
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(exc, urllib.error.HTTPError):
+                reason = f"HTTP {exc.code} {exc.reason}"
+            elif isinstance(exc, urllib.error.URLError):
+                reason = exc.reason
+            else:
+                reason = exc
             failures.append(f"{url}: {reason}")
             log.warning("download of %s from %s failed: %s", dest.name, url, reason)
     raise DownloadError(f"could not download {dest.name} from any of {len(urls)} mirror(s):\n  "

@@ -211,11 +211,11 @@ def _parse_chunk_strict(path: Path, chunk: bytes, first_line: int, columns: tupl
             raise CsvFormatError(path, "empty line", line=line_no)
         fields = line.split(b",")
         if len(fields) != len(columns):
+            # point at the first column that is missing or extra
             first_bad = min(len(fields), len(columns)) + 1
-            where = (f"column {first_bad} ({columns[first_bad - 1]}) missing" if len(fields) < len(columns)
-                     else f"extra column {first_bad}")
-            raise CsvFormatError(path, f"expected {len(columns)} columns, found {len(fields)} ({where})",
-                                 line=line_no)
+            name = columns[first_bad - 1] if first_bad <= len(columns) else None
+            raise CsvFormatError(path, f"expected {len(columns)} columns, found {len(fields)}", line_no,
+                                 first_bad, name)
         for column, field in enumerate(fields):
             is_label = label_column and column == 0
             if not _INTEGER.fullmatch(field):
