@@ -9,7 +9,7 @@ export SDL_VIDEODRIVER ?= dummy
 export SDL_AUDIODRIVER ?= dummy
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test bench lint install-all install-dev system-deps clean
+.PHONY: demo test bench lint install-all install-dev system-deps arduino-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@$(MAKE) --no-print-directory -C arduino system-deps
+
+# The Arduino sketch alone: host unit test of its protocol and failsafe, and the Uno build.
+arduino-test:
+	$(MAKE) -C arduino test
 
 demo: install-all
 	$(VENV)/bin/scratchpilot demo --out runs/demo
