@@ -177,7 +177,8 @@ def _parse_chunk_fast(chunk: np.ndarray, n_columns: int) -> np.ndarray | None:
     if chunk[0] < _ZERO or chunk.max() > _NINE:
         return None
     is_digit = chunk >= _ZERO  # only digits, commas and newlines remain below '9'; checked just below
-    sep_pos = np.flatnonzero(~is_digit)
+    is_separator = ~is_digit
+    sep_pos = np.flatnonzero(is_separator)
     n_commas = np.count_nonzero(chunk == _COMMA)
     n_lines = np.count_nonzero(chunk == _NEWLINE)
     if n_commas + n_lines != len(sep_pos) or len(sep_pos) != n_lines * n_columns:
@@ -185,7 +186,7 @@ def _parse_chunk_fast(chunk: np.ndarray, n_columns: int) -> np.ndarray | None:
     if not (chunk[sep_pos[n_columns - 1::n_columns]] == _NEWLINE).all():
         return None  # miscounted lines that happen to add up overall
     # every field 1..3 digits: no separator directly after a separator, no run of four digits
-    if (~is_digit[1:] & ~is_digit[:-1]).any():
+    if (is_separator[1:] & is_separator[:-1]).any():
         return None
     if (is_digit[3:] & is_digit[2:-1] & is_digit[1:-2] & is_digit[:-3]).any():
         return None
