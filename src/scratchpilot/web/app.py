@@ -1,0 +1,279 @@
+"""The digits web classifier: a Flask app (page + JSON API) and the waitress server that runs it.
+
+Routes
+------
+``GET /``               the drawing page (plain HTML/JS/CSS from ``templates/`` and ``static/``, no CDN)
+``POST /api/predict``   one image in, ``{"label", "probabilities", "labels", "model", "preview"}`` out; the
+                        image is either a multipart upload (field ``image``), or JSON
+                        ``{"pixels": [784 numbers 0..255]}`` (row-major 28×28; add ``"preprocess": false``
+                        for pixels already in MNIST form) or ``{"image": "data:image/png;base64,..."}``.
+                        ``"preview"`` is the 28×28 image the network saw, 784 ints row-major (JSON requests
+                        may pass ``"preview": false`` to skip it).
+``GET /api/model``      what the model is: architecture, accuracy, training date, preprocessing
+``GET /healthz``        liveness
+
+Every error is JSON ``{"error": message, "status": code}``: 400 bad input, 404, 405, 413 body over
+:data:`MAX_BODY_BYTES`, 415 wrong content type, 422 nothing drawn. Bad input never gives a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..data.digit_image import ImageDecodeError, NothingDrawnError, decode_image, prepare_digit
+from .classifier import DigitClassifier
+
+#: the largest request body accepted (a 280×280 canvas PNG is ~10 KB; a reduced phone photo well under this)
+MAX_BODY_BYTES = 2 * 1024 * 1024
+_PIXELS = 28 * 28
+
+log = logging.getLogger(__name__)
+
+
+class BadInput(ValueError):
+    """A request the client got wrong; answered with ``status`` and the message as JSON."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(model_path, classifier: DigitClassifier | None = None):
+    """Build the Flask app for one model file.
+
+    Parameters
+    ----------
+    model_path : path of the digits model (``.npz``); loaded now, so a bad file fails here.
+    classifier : an already loaded :class:`DigitClassifier` to use instead (tests share one).
+
+    Raises
+    ------
+    scratchpilot.nn.ModelFileError
+        If the model file is missing, corrupt or not a digits model.
+    """
+    from flask import Flask, jsonify, render_template, request
+    from werkzeug.exceptions import HTTPException, InternalServerError
+
+    classifier = classifier or DigitClassifier(model_path)
+    here = Path(__file__).resolve().parent
+    app = Flask(__name__, template_folder=str(here / "templates"), static_folder=str(here / "static"))
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.extensions["scratchpilot_classifier"] = classifier
+
+    def error(message: str, status: int):
+        response = jsonify(error=message, status=status)
+        response.status_code = status
+        return response
+
+    @app.errorhandler(BadInput)
+    def bad_input(exc: BadInput):
+        return error(str(exc), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 413:
+            return error(f"request body too large: the limit is {MAX_BODY_BYTES // 1024 // 1024} MB", 413)
+        if exc.code == 404:
+            return error(f"not found: {request.method} {request.path}", 404)
+        if exc.code == 405:
+            allowed = ", ".join(exc.valid_methods or [])
+            response = error(f"method {request.method} not allowed for {request.path}; use {allowed}", 405)
+            response.headers["Allow"] = allowed
+            return response
+        return error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError):
+        # only real bugs get here; the traceback goes to the log, not to the client
+        log.error("internal error", exc_info=exc.original_exception or exc)
+        return error("internal server error", 500)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", model=classifier.info)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", model=classifier.name)
+
+    @app.get("/api/model")
+    def model_info():
+        return jsonify(classifier.info)
+
+    @app.post("/api/predict")
+    def predict():
+        digit, want_preview = _digit_from_request(request)
+        label, probabilities = classifier.predict(digit)
+        answer = {"label": label, "probabilities": probabilities, "labels": classifier.labels,
+                  "model": classifier.name}
+        if want_preview:
+            answer["preview"] = digit.reshape(-1).tolist()
+        return jsonify(answer)
+
+    return app
+
+
+# ----------------------------------------------------------------------------------------- requests
+
+
+def _digit_from_request(request) -> tuple[np.ndarray, bool]:
+    """The prepared uint8 (28, 28) digit a predict request carries, and whether it wants the preview."""
+    content_type = request.mimetype
+    if content_type == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            raise BadInput("multipart upload has no file field named 'image'")
+        return _prepare_bytes(upload.read(), f"uploaded file {upload.filename or 'image'!r}"), True
+    if content_type == "application/json":
+        body = _json_body(request)
+        want_preview = body.get("preview", True)
+        if not isinstance(want_preview, bool):
+            raise BadInput("'preview' must be true or false")
+        if "pixels" in body:
+            preprocess = body.get("preprocess", True)
+            if not isinstance(preprocess, bool):
+                raise BadInput("'preprocess' must be true or false")
+            pixels = _pixels(body["pixels"])
+            if not preprocess:
+                if not pixels.any():
+                    raise BadInput("nothing drawn: all 784 pixels are 0", 422)
+                return pixels, want_preview
+            return _prepare(pixels, "'pixels'"), want_preview
+        if "image" in body:
+            return _prepare_bytes(_data_url_bytes(body["image"]), "'image'"), want_preview
+        raise BadInput(f"JSON body needs 'pixels' or 'image'; got keys {sorted(body)[:5]}")
+    raise BadInput(f"unsupported content type {content_type or 'none'!r}: send multipart/form-data "
+                   f"(field 'image') or application/json", 415)
+
+
+def _prepare(image, what: str) -> np.ndarray:
+    """:func:`prepare_digit`, its errors turned into answers naming the part of the request at fault."""
+    try:
+        return prepare_digit(image)
+    except NothingDrawnError as exc:
+        raise BadInput(str(exc), 422) from None
+    except ValueError as exc:
+        raise BadInput(f"{what}: {exc}") from None
+
+
+def _prepare_bytes(data: bytes, what: str) -> np.ndarray:
+    try:
+        image = decode_image(data)
+    except ImageDecodeError as exc:
+        raise BadInput(f"{what}: {exc}") from None
+    return _prepare(image, what)
+
+
+def _pixels(values) -> np.ndarray:
+    """Validate JSON pixels: 784 numbers (flat, or 28 rows of 28) in 0..255 → uint8 (28, 28)."""
+    if not isinstance(values, list):
+        raise BadInput(f"'pixels' must be a list of {_PIXELS} numbers, got {type(values).__name__}")
+    if len(values) == 28 and all(isinstance(row, list) for row in values):
+        if any(len(row) != 28 for row in values):
+            raise BadInput("'pixels' given as rows must be 28 rows of 28 numbers")
+        values = [v for row in values for v in row]
+    if len(values) != _PIXELS:
+        raise BadInput(f"'pixels' must hold {_PIXELS} numbers (28×28, row-major), got {len(values)}")
+    # exact types: bool is an int subclass, and NumPy would happily turn "12" or true into a number
+    if not all(type(v) is int or type(v) is float for v in values):
+        i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
+        raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a number 0..255")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        raise BadInput("'pixels' holds a number far outside 0..255") from None
+    bad = ~((array >= 0) & (array <= 255))  # NaN (JSON NaN parses) fails both comparisons
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a finite number in 0..255")
+    return np.rint(array).astype(np.uint8).reshape(28, 28)
+
+
+def _json_body(request) -> dict:
+    # parsed here rather than by request.get_json, which lets RecursionError (deeply nested input) escape
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and bad UTF-8
+        raise BadInput(f"body is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(body, dict):
+        raise BadInput('body must be a JSON object: {"pixels": [...]} or {"image": "data:image/png;base64,..."}')
+    return body
+
+
+def _data_url_bytes(url) -> bytes:
+    """The bytes of a ``data:image/...;base64,...`` URL."""
+    if not isinstance(url, str):
+        raise BadInput(f"'image' must be a data URL string, got {type(url).__name__}")
+    head, comma, payload = url.partition(",")
+    if not comma or not head.startswith("data:image/") or not head.endswith(";base64"):
+        raise BadInput("'image' must be a data URL like data:image/png;base64,...")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInput(f"'image' data URL is not valid base64: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- server
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8):
+    """A waitress server for ``app`` bound to ``host:port`` (port 0 picks a free one: ``server.effective_port``).
+
+    Call ``server.run()`` to serve (blocks) and ``server.close()`` to stop.
+    """
+    from waitress import create_server
+
+    # Waitress buffers each body before the app runs; let it take a little more than the app's limit so
+    # Flask answers oversize requests with its JSON 413, while waitress still caps memory per request.
+    return create_server(app, host=host, port=port, threads=threads, ident="scratchpilot",
+                         max_request_body_size=4 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
+                         channel_timeout=30)
+
+
+class BackgroundServer:
+    """Run ``app`` on waitress in a daemon thread (tests, benchmarks): ``with BackgroundServer(app) as s: s.url``.
+
+    Parameters
+    ----------
+    app : the WSGI app.
+    host, port : where to listen; port 0 (default) picks a free port.
+    threads : waitress worker threads.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+        import threading
+
+        self.server = make_server(app, host=host, port=port, threads=threads)
+        self.url = f"http://{host}:{self.server.effective_port}"
+        self._thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, finish the workers, and wait for the serving thread (keep-alive clients may
+        hold it until they disconnect; it is a daemon thread either way)."""
+        self.server.close()
+        self.server.task_dispatcher.shutdown(timeout=timeout)
+        self._thread.join(timeout)

@@ -1,0 +1,77 @@
+"""The model behind the web page: load once, describe, classify one 28×28 image at a time (no Flask here)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .. import nn
+from ..data import to_features
+
+
+class DigitClassifier:
+    """A loaded digits model, safe to call from many server threads.
+
+    Parameters
+    ----------
+    path : the model file (``.npz`` written by :meth:`scratchpilot.nn.Sequential.save`).
+
+    Raises
+    ------
+    scratchpilot.nn.ModelFileError
+        If the file is missing, corrupt, or not a 784-input digits model.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.model = nn.load(self.path)
+        if self.model.n_inputs != 784:
+            raise nn.ModelFileError(f"{self.path}: expects {self.model.n_inputs} inputs; a digits model "
+                                    f"reads 28×28 = 784")
+        labels = self.model.metadata.get("labels")
+        n_out = self.model.n_outputs
+        if not (isinstance(labels, list) and len(labels) == n_out):
+            labels = [str(i) for i in range(n_out or 0)]
+        self.labels = [str(label) for label in labels]
+        # Layers keep per-call state (activations for backprop), so concurrent forwards on one model would
+        # race; one image takes tens of microseconds, so a lock costs nothing measurable.
+        self._lock = threading.Lock()
+        self.info = self._describe()
+        self.name = f"{self.info['name']} {self.info['architecture']}"
+
+    def predict(self, digit: np.ndarray) -> tuple[int, list[float]]:
+        """Classify one prepared digit, uint8 (28, 28); returns (label index, probabilities per class)."""
+        features = to_features(digit.reshape(1, 784))
+        with self._lock:
+            probabilities = self.model.predict_proba(features)[0]
+        return int(probabilities.argmax()), [round(float(p), 6) for p in probabilities]
+
+    def _describe(self) -> dict:
+        model, metadata = self.model, self.model.metadata
+        widths = [model.n_inputs] + [layer.n_out for layer in model.layers if isinstance(layer, nn.Dense)]
+        activations = sorted({type(layer).__name__ for layer in model.layers
+                              if isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU))})
+        config = metadata.get("train_config") if isinstance(metadata.get("train_config"), dict) else {}
+        history = model.history
+        accuracy = metadata.get("test_accuracy")
+        accuracy_on = metadata.get("test_dataset", "test set") if accuracy is not None else None
+        if accuracy is None and history.get("val_accuracy"):
+            accuracy, accuracy_on = history["val_accuracy"][-1], "validation set"
+        return {
+            "file": self.path.name,
+            "name": str(config.get("name") or self.path.stem),
+            "architecture": "-".join(str(w) for w in widths),
+            "activations": activations,
+            "loss": type(model.loss).__name__,
+            "parameters": model.n_parameters(),
+            "labels": self.labels,
+            "accuracy": accuracy,
+            "accuracy_on": accuracy_on,
+            "epochs": len(history.get("loss", [])) or config.get("epochs"),
+            "n_train": metadata.get("n_train"),
+            "trained_at": metadata.get("trained_at"),
+            "saved_at": getattr(model, "saved_at", None),
+            "preprocessing": metadata.get("preprocessing"),
+        }

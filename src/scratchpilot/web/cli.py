@@ -1,0 +1,74 @@
+"""``scratchpilot serve``: the digits web classifier on waitress.
+
+Only argparse is imported here; Flask, waitress and the model load when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="web page to draw digits on, and a JSON API (waitress)",
+        description="Serve the digits classifier: a page to draw or upload a digit, POST /api/predict, "
+                    "GET /api/model, GET /healthz.")
+    p.add_argument("--model", help="digits model file (.npz); default: the cached default model, trained "
+                                   "on MNIST the first time (a few minutes)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
+                                                       "every interface)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def cmd_serve(args) -> int:
+    from ..cli import CommandError
+
+    try:
+        from .. import nn
+        from .app import create_app, make_server
+    except ModuleNotFoundError as exc:
+        raise CommandError(f"serve needs the web extra ({exc.name} is missing): pip install 'scratchpilot[web]'"
+                           ) from None
+    if args.threads < 1:
+        raise CommandError(f"--threads must be at least 1, got {args.threads}")
+    if args.model:
+        model_path = args.model
+    else:
+        from ..digits.models import ensure_default_model
+
+        model_path = ensure_default_model(progress=True)
+    try:
+        app = create_app(model_path)
+    except nn.ModelFileError as exc:
+        raise CommandError(f"cannot serve: {exc}") from None
+    # one image per request: BLAS threads only add hand-over cost, and waitress threads give the parallelism
+    nn.set_blas_threads(1)
+    try:
+        server = make_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    info = app.extensions["scratchpilot_classifier"].info
+    accuracy = f", {info['accuracy']:.2%} on {info['accuracy_on']}" if info.get("accuracy") is not None else ""
+    print(f"model {model_path} ({info['architecture']}{accuracy})")
+    print(f"serving on http://{_display_host(args.host)}:{server.effective_port}/  (Ctrl+C to stop)", flush=True)
+    try:
+        server.run()
+    finally:
+        server.close()
+    return 0
+
+
+def _display_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
