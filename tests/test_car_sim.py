@@ -96,7 +96,8 @@ def test_stop_ends_the_episode_and_is_idempotent(state_sim):
 
 def test_fast_render_draws_exactly_what_gymnasium_draws():
     fast, stock = make_env(4, fast_render=True), make_env(4, fast_render=False)
-    actions = np.random.default_rng(0).choice([0, 1, 2, 3, 3, 3, 4], size=40)
+    # 70 frames: the zoomed-out first second (most polygons on screen) and then normal driving
+    actions = np.random.default_rng(0).choice([0, 1, 2, 3, 3, 3, 4], size=70)
     try:
         for action in actions:
             frame_fast = fast.step(int(action))[0]

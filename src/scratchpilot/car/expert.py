@@ -5,13 +5,16 @@ the five discrete commands in :data:`~scratchpilot.car.sim.LABELS`.
 
 How it drives
 -------------
-* **Where to go** -- pure pursuit: a target point on the centre line ``lookahead`` metres ahead of the
+* **Which line** -- :func:`racing_line` shifts the centre line sideways within the road to make it
+  shorter and straighter (every tile spans the whole road, so no tile is skipped).
+* **Where to go** -- pure pursuit: a target point on that line ``lookahead`` track units ahead of the
   car's nearest point (further at higher speed) gives the front-wheel angle that would put the rear
   axle on an arc through it, ``delta* = atan(2 L sin(alpha) / d)``.
 * **How to steer with on/off keys** -- the env turns the wheels towards +-0.4 rad at up to 3 rad/s
   while a steer command is held and back towards straight otherwise, so the expert presses left or
   right whenever the wheels are more than ``steer_tolerance`` away from ``delta*``: pulse-width steering.
-* **How fast** -- a speed limit along the track, ``sqrt(lateral_accel / curvature)`` in each curve,
+* **How fast** -- a speed limit along the line, ``sqrt(lateral_accel / curvature)`` in each curve
+  (the tyres hold about 4 x 400 / 7.3 = 219 units/s^2 on the road),
   propagated backwards with ``brake_decel`` so that braking starts in time; gas below the limit, brake
   well above it, coast in between.
 
@@ -59,8 +62,8 @@ def racing_line(track: np.ndarray, margin: float, iterations: int, stiffness: fl
     Every tile spans the full road width, so any line that stays on the road still visits every tile.
     With discrete controls, holding any steering angle costs every other frame (the wheels spring back
     whenever left/right is released, and steering cuts the gas), so the time lost grows with the
-    *length* of curved road rather than its sharpness: the best line is mostly straight with short,
-    tight bends -- the shortest path, which a pulled string gives. The line minimises
+    *length* of curved road more than with its sharpness, which favours the shortest path (a pulled
+    string: straights and tight bends); tight bends, though, must be taken slowly. The line minimises
     ``0.5 * sum |first difference|^2 + stiffness * 0.5 * sum |second difference|^2`` over sideways
     shifts of the centre points, each clipped to the road.
 
@@ -73,7 +76,9 @@ def racing_line(track: np.ndarray, margin: float, iterations: int, stiffness: fl
     iterations : int
         Projected-gradient passes; 0 returns the centre line.
     stiffness : float
-        Weight of the curvature term (0: shortest path; large: smoothest path).
+        Weight of the curvature term (0: shortest path; large: smoothest path). With the other
+        defaults the expert averaged 879 on tracks 100..119 with 0, 902 with 30, 878 with 300, and
+        733 on the centre line itself.
 
     Returns
     -------

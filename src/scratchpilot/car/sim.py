@@ -237,11 +237,13 @@ class Simulator:
 
     Examples
     --------
-    >>> sim = Simulator(seed=0)
-    >>> while not sim.done:
-    ...     frame, t = sim.read()
-    ...     sim.send("forward")
-    >>> sim.metrics.score
+    A pilot loop::
+
+        with Simulator(seed=0) as sim:
+            while not sim.done:
+                frame, t = sim.read()
+                sim.send(pilot(frame))
+            print(sim.metrics.to_dict())
     """
 
     def __init__(self, seed: int, *, render_frames: bool = True, fast_render: bool = True):
