@@ -215,8 +215,11 @@ def test_load_frames_groups_by_session_and_episode(tmp_path):
     pre = FramePreprocessor({"grayscale": True, "downsample": 2})
     data = load_frames([tmp_path], pre)
     assert data.features.shape == (33, 6 * 8) and data.features.dtype == np.float32
-    assert data.group_keys == [(first.name, 0), (first.name, 1), (first.name, 2), (second.name, 0)]
+    assert data.group_keys == [(first.name, 0, 0), (first.name, 1, 0), (first.name, 2, 0), (second.name, 0, 0)]
     assert np.array_equal(np.bincount(data.groups), [10, 10, 5, 8])
+    blocks = load_frames([first], block_frames=4)  # runs of 4 frames within each episode of 10
+    assert [key[1:] for key in blocks.group_keys] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    assert np.array_equal(np.bincount(blocks.groups), [4, 4, 2, 4, 4, 2, 4, 1])
     assert np.array_equal(data.labels[:25], np.arange(25) % 5)
     assert data.label_names == LABELS
     raw = load_frames([Session.open(second)])

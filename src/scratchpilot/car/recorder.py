@@ -628,18 +628,22 @@ class FrameSet:
 
     features: np.ndarray  #: (N, F) float32 after preprocessing, or (N, H, W[, C]) uint8 without
     labels: np.ndarray  #: (N,) int64 indices into label_names
-    groups: np.ndarray  #: (N,) int64 index into group_keys: frames of one episode share a group
-    group_keys: list[tuple[str, int]]  #: (session name, episode) of each group
+    groups: np.ndarray  #: (N,) int64 index into group_keys: frames of one group are split together
+    group_keys: list[tuple[str, int, int]]  #: (session name, episode, block) of each group
     label_names: tuple[str, ...]
 
 
 def load_frames(sessions: Sequence, preprocess: Callable[[np.ndarray], np.ndarray] | None = None, *,
-                include_excluded: bool = False) -> FrameSet:
+                block_frames: int | None = None, include_excluded: bool = False) -> FrameSet:
     """Stack the frames of ``sessions`` (paths, roots holding sessions, or :class:`Session` objects).
 
-    Split training and validation data by ``groups`` (one per session episode), never by frame: neighbouring
-    frames are near duplicates and would leak. All sessions must share the same label names.
+    Split training and validation data by ``groups``, never by frame: neighbouring frames are near
+    duplicates and would leak. A group is one episode of one session or, with ``block_frames``, a run of
+    that many consecutive frames of an episode (for a single long recording such as a donkeycar tub, whose
+    only episode would otherwise be one group). All sessions must share the same label names.
     """
+    if block_frames is not None and block_frames < 1:
+        raise ValueError(f"block_frames must be >= 1, got {block_frames}")
     opened: list[Session] = []
     for item in sessions:
         if isinstance(item, Session):
@@ -650,15 +654,21 @@ def load_frames(sessions: Sequence, preprocess: Callable[[np.ndarray], np.ndarra
         raise SessionError(f"no sessions found in {', '.join(map(str, sessions)) or 'the given list'}")
     label_names = opened[0].label_names
     features, labels, groups, group_keys = [], [], [], []
-    group_of: dict[tuple[str, int], int] = {}
+    group_of: dict[tuple[str, int, int], int] = {}
     for session in opened:
         if session.label_names != label_names:
             raise SessionError(f"{session.path}: labels {session.label_names} differ from {label_names} of "
                                f"{opened[0].path}")
+        # position of each frame within its episode (counted over all recorded frames, excluded or not)
+        all_episodes = session._small_arrays()["episodes"]
+        starts = {int(e): int(np.argmax(all_episodes == e)) for e in np.unique(all_episodes)}
         for chunk in session.iter_chunks(preprocess):
             features.append(chunk.frames)
             labels.append(chunk.labels)
-            keys = [(session.name, int(e)) for e in chunk.episodes]
+            keys = []
+            for episode, index in zip(chunk.episodes.tolist(), chunk.indices.tolist(), strict=True):
+                block = 0 if block_frames is None else (index - starts[episode]) // block_frames
+                keys.append((session.name, episode, block))
             for key in dict.fromkeys(keys):  # first-seen order keeps group numbers reproducible
                 if key not in group_of:
                     group_of[key] = len(group_keys)
