@@ -87,7 +87,8 @@ def test_chunks_also_close_after_chunk_seconds(tmp_path):
             now[0] += 0.4
             writer.add(frame_for(i), 0, now[0])
     counts = [c["count"] for c in Session.open(writer.path).chunks]
-    assert counts == [3, 3, 3, 1]  # the buffer started at t=0 reaches 1 s at its third frame (t=1.2)
+    # a chunk's clock starts at its first frame (t=0.4) and runs out at its fourth (t=1.6)
+    assert counts == [4, 4, 2]
 
 
 def test_bad_frames_and_labels_are_refused(tmp_path):

@@ -145,7 +145,8 @@ class SessionWriter:
     name : str, optional
         Session folder name; default ``<UTC time>-<source>-<driver>``, with ``-2``, ``-3``... if taken.
     chunk_frames, chunk_seconds : int, float
-        A chunk is written after this many frames or this many seconds (wall clock), whichever is first.
+        A chunk is written after this many frames, or at the first frame added ``chunk_seconds`` (wall clock)
+        or more after the chunk's first frame, whichever comes first.
     compress : bool
         Deflate the chunks (default): simulator frames shrink about 17x. When a chunk shrinks less than
         :data:`MIN_COMPRESSION_RATIO` (noisy camera frames), the rest of the session is stored as is.
@@ -187,8 +188,10 @@ class SessionWriter:
         self._state_lock = threading.Lock()  # guards _meta and _chunks between caller and writer thread
         if meta:
             self.update_meta(meta)
-        self._buffer: list[tuple[np.ndarray, int, float, int]] = []
-        self._buffer_started = clock()
+        # the chunk being filled: frames go straight into one preallocated array (a single copy)
+        self._chunk_frames_array: np.ndarray | None = None
+        self._buffer: list[tuple[int, float, int]] = []  # (label, timestamp, episode) per buffered frame
+        self._buffer_started = 0.0
         self._next_chunk = 0
         self._frames_written = 0
         self._pending: list[Future] = []
@@ -266,7 +269,13 @@ class SessionWriter:
         elif frame.shape != self.frame_shape:
             raise ValueError(f"frame {self.frame_count} has shape {frame.shape}, but this session records "
                              f"{self.frame_shape}")
-        self._buffer.append((frame.copy(), self._label_to_index(label), float(timestamp), int(episode)))
+        label_index = self._label_to_index(label)
+        if not self._buffer:
+            # a new array for every chunk: the previous one may still be in the writer thread's hands
+            self._chunk_frames_array = np.empty((self.chunk_frames, *self.frame_shape), dtype=np.uint8)
+            self._buffer_started = self._clock()
+        self._chunk_frames_array[len(self._buffer)] = frame
+        self._buffer.append((label_index, float(timestamp), int(episode)))
         if len(self._buffer) >= self.chunk_frames or self._clock() - self._buffer_started >= self.chunk_seconds:
             self._submit_chunk()
 
@@ -309,15 +318,15 @@ class SessionWriter:
     # -- chunk writing -------------------------------------------------------------------------------------
 
     def _submit_chunk(self) -> None:
-        frames = np.stack([item[0] for item in self._buffer])
-        labels = np.array([item[1] for item in self._buffer], dtype=np.uint8)
-        timestamps = np.array([item[2] for item in self._buffer], dtype=np.float64)
-        episodes = np.array([item[3] for item in self._buffer], dtype=np.int32)
+        frames = self._chunk_frames_array[:len(self._buffer)]
+        labels = np.array([item[0] for item in self._buffer], dtype=np.uint8)
+        timestamps = np.array([item[1] for item in self._buffer], dtype=np.float64)
+        episodes = np.array([item[2] for item in self._buffer], dtype=np.int32)
         index, start = self._next_chunk, self._frames_written
         self._next_chunk += 1
         self._frames_written += len(self._buffer)
         self._buffer = []
-        self._buffer_started = self._clock()
+        self._chunk_frames_array = None
         job = (index, start, frames, labels, timestamps, episodes)
         if self._executor is None:
             try:
