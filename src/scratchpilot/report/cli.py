@@ -1,0 +1,102 @@
+"""``scratchpilot report ...``: data and model reports as self-contained HTML pages.
+
+Only argparse and the standard library are imported here; NumPy, matplotlib and the engine load in the
+handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DATA_HELP = ("mnist, mnist-test, fashion, fashion-test, a Kaggle CSV (.csv/.csv.gz), an IDX images file, "
+             "a folder of images in one subfolder per label, or a folder of driving sessions")
+
+
+def add_parser(subparsers) -> None:
+    report = subparsers.add_parser("report", help="CRISP-DM reports: understand the data, assess a model",
+                                   description="Self-contained HTML reports (figures embedded, no external "
+                                               "resources) with a short Markdown summary on stdout.")
+    commands = report.add_subparsers(dest="report_command", metavar="SUBCOMMAND", required=True)
+
+    data = commands.add_parser("data", help="describe, explore and verify a dataset",
+                               description="Describe (records, fields, sources and checksums, labels), explore "
+                                           "(class distribution, samples, mean images, pixel histogram; for "
+                                           "driving sessions labels per session, frame rate, session lengths) "
+                                           "and verify (bad values, duplicates, leakage, constant pixels, class "
+                                           "imbalance, suspected label errors) a dataset.")
+    data.add_argument("dataset", metavar="DATASET", help=DATA_HELP)
+    data.add_argument("--compare", metavar="DATASET",
+                      help="a second split to check for leakage and shift against (default: mnist-test for "
+                           "mnist, fashion-test for fashion; 'none' for no comparison)")
+    data.add_argument("--out", default="data-report.html", type=Path, help="HTML file (default data-report.html)")
+    data.add_argument("--json", metavar="PATH", type=Path, help="write the report's figures and findings as JSON")
+    data.add_argument("--seed", type=int, default=0, help="seed for the samples shown and the neighbour search")
+    data.add_argument("--no-progress", action="store_true", help="no progress bars")
+    data.set_defaults(func=cmd_data)
+
+    model = commands.add_parser("model", help="assess a trained model on a labelled dataset",
+                                description="Accuracy with a 95%% Wilson interval, confusion matrix, per-class "
+                                            "precision/recall/F1, learning curves, the most confident mistakes, "
+                                            "calibration (reliability diagram, ECE). Works for digits models and "
+                                            "for pilots (on a folder of driving sessions).")
+    model.add_argument("model", metavar="MODEL", help="a model file (.npz) written by scratchpilot")
+    model.add_argument("dataset", metavar="DATASET", help=DATA_HELP)
+    model.add_argument("--out", default="model-report.html", type=Path,
+                       help="HTML file (default model-report.html)")
+    model.add_argument("--json", metavar="PATH", type=Path, help="write the report's figures as JSON")
+    model.add_argument("--no-progress", action="store_true", help="no progress bars")
+    model.set_defaults(func=cmd_model)
+
+
+def _write(report, args: argparse.Namespace) -> None:
+    from ..cli import CommandError
+
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report.html, encoding="utf-8")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write the report: {exc}") from None
+    sys.stdout.write(report.markdown)
+    size = args.out.stat().st_size
+    print(f"\nwrote {args.out} ({size / 2**20:.1f} MiB)" + (f" and {args.json}" if args.json else ""))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from . import data, driving
+
+    progress = not args.no_progress
+    try:
+        if driving.is_sessions_folder(args.dataset):
+            report = driving.build_driving_report(args.dataset, seed=args.seed, out_name=str(args.out))
+        else:
+            primary = data.load_split(args.dataset, progress=progress)
+            compare_spec = args.compare or data.DEFAULT_COMPARE.get(args.dataset.strip().lower())
+            compare = None
+            if compare_spec and compare_spec.lower() != "none":
+                compare = data.load_split(compare_spec, progress=progress)
+            report = data.build_data_report(primary, compare, seed=args.seed, progress=progress,
+                                            out_name=str(args.out))
+    except (data.ReportError, driving.SessionReportError) as exc:
+        raise CommandError(str(exc)) from None
+    _write(report, args)
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from . import data, driving, model
+
+    try:
+        report = model.build_model_report(args.model, args.dataset, progress=not args.no_progress,
+                                          out_name=str(args.out))
+    except (data.ReportError, driving.SessionReportError, model.ModelReportError) as exc:
+        raise CommandError(str(exc)) from None
+    _write(report, args)
+    return 0

@@ -1,0 +1,289 @@
+"""``report model``: assess a trained model on a labelled dataset (CRISP-DM "evaluation").
+
+Works for a digits model on any digits dataset (names, Kaggle CSV, IDX, image folder) and for a pilot
+on a folder of driving sessions: the pilot's frames go through the preprocessing stored in the model
+file (``metadata["preprocessing"]``) and its label names come from ``metadata["labels"]``.
+
+The page shows accuracy with a 95% Wilson interval; the confusion matrix; precision, recall, F1 and
+calibration per label; learning curves from the history saved in the model file; the most confident
+mistakes as thumbnails; and a reliability diagram with the expected calibration error (ECE):
+
+    ECE = sum over confidence bins b of (n_b / N) * |accuracy_b - mean confidence_b|
+
+with 15 equal-width bins of the top predicted probability (Guo et al., "On Calibration of Modern Neural
+Networks", ICML 2017). Per label, the same is computed one-vs-rest on that label's predicted probability.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import html as H
+from .data import Report, ReportError
+
+N_BINS = 15
+MAX_MISTAKES_SHOWN = 36
+MAX_MISTAKES_LISTED = 200
+
+
+class ModelReportError(ValueError):
+    """A model that cannot be assessed on the given data; the message says why."""
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> tuple[list[dict], float,
+                                                                                                   float]:
+    """Reliability-diagram bins and the expected / maximum calibration error.
+
+    Parameters
+    ----------
+    confidence : float (N,) in [0, 1], the probability the model gave to its answer (or to an event).
+    correct : bool (N,), whether the answer was right (whether the event happened).
+
+    Returns
+    -------
+    bins : ``{"low", "high", "count", "confidence", "accuracy"}`` per bin (equal widths; a confidence of
+        exactly 1 falls in the last bin).
+    ece : sum of (count / N) * |accuracy - confidence| over the bins.
+    mce : the largest |accuracy - confidence| of a non-empty bin.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=n_bins)
+    correct_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    bins, ece, mce = [], 0.0, 0.0
+    n = max(len(confidence), 1)
+    for b in range(n_bins):
+        mean_conf = conf_sum[b] / counts[b] if counts[b] else 0.0
+        accuracy = correct_sum[b] / counts[b] if counts[b] else 0.0
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(counts[b]),
+                     "confidence": float(mean_conf), "accuracy": float(accuracy)})
+        if counts[b]:
+            gap = abs(accuracy - mean_conf)
+            ece += counts[b] / n * gap
+            mce = max(mce, gap)
+    return bins, float(ece), float(mce)
+
+
+def _load_model(path):
+    from .. import nn
+
+    try:
+        return nn.load(path)
+    except nn.ModelFileError as exc:
+        raise ModelReportError(str(exc)) from None
+    except FileNotFoundError:
+        raise ModelReportError(f"{path}: no such model file") from None
+
+
+def _digits_inputs(model, spec: str, progress: bool):
+    """(features float32 (N, F), labels, display images, where(i), dataset name) of a digits dataset."""
+    from ..data import to_features
+    from .data import load_split
+
+    split = load_split(spec, progress=progress)
+    if split.labels is None:
+        raise ModelReportError(f"{spec}: has no labels, a model cannot be assessed on it")
+    if not len(split):
+        raise ModelReportError(f"{spec}: no readable records")
+    features = to_features(split.images)
+    if model.n_inputs != features.shape[1]:
+        raise ModelReportError(f"the model takes {model.n_inputs} inputs, but {split.name}'s images have "
+                               f"{features.shape[1]} pixels ({'×'.join(map(str, split.images.shape[1:]))})")
+    return features, split.labels, split.images, split.locate, split.name, None
+
+
+def _pilot_inputs(model, spec: str):
+    """The same for a pilot on a folder of driving sessions; also returns the session of each frame."""
+    from ..car.preprocess import PreprocessSpecError, from_metadata
+    from ..car.recorder import SessionError, load_frames
+
+    try:
+        preprocess = from_metadata(model.metadata or {}, where="the model")
+        frames = load_frames([spec])
+    except (PreprocessSpecError, SessionError) as exc:
+        raise ModelReportError(str(exc)) from None
+    labels = list((model.metadata or {}).get("labels") or [])
+    if list(frames.label_names) != labels:
+        raise ModelReportError(f"the model's labels ({', '.join(labels)}) differ from the sessions' "
+                               f"({', '.join(frames.label_names)})")
+    try:
+        features = preprocess(frames.features)
+    except PreprocessSpecError as exc:
+        raise ModelReportError(f"{spec}: {exc}") from None
+    if model.n_inputs != features.shape[1]:
+        raise ModelReportError(f"the model takes {model.n_inputs} inputs, the preprocessing gives {features.shape[1]}")
+    session_of = np.array([frames.group_keys[g][0] for g in frames.groups])
+    position = np.zeros(len(frames.labels), np.int64)
+    for name in np.unique(session_of):
+        members = np.flatnonzero(session_of == name)
+        position[members] = np.arange(len(members))
+
+    def locate(i: int) -> str:
+        return f"{session_of[i]} #{position[i]}"
+
+    return features, frames.labels, frames.features, locate, Path(spec).name, session_of
+
+
+def build_model_report(model_path, dataset_spec: str, progress: bool = True, out_name: str | None = None) -> Report:
+    """Assess the model in ``model_path`` on ``dataset_spec`` and render the report."""
+    from ..data import sha256_file
+    from ..digits.metrics import confusion_matrix, per_class_report, wilson_interval
+    from . import plots
+    from .driving import is_sessions_folder
+
+    started = time.perf_counter()
+    model = _load_model(model_path)
+    metadata = model.metadata or {}
+    pilot = is_sessions_folder(dataset_spec)
+    try:
+        if pilot:
+            features, labels, images, locate, dataset_name, groups = _pilot_inputs(model, dataset_spec)
+        else:
+            features, labels, images, locate, dataset_name, groups = _digits_inputs(model, dataset_spec, progress)
+    except ReportError as exc:
+        raise ModelReportError(str(exc)) from None
+    label_names = [str(n) for n in (metadata.get("labels") or range(model.n_outputs))]
+    if len(label_names) != model.n_outputs:
+        raise ModelReportError(f"{model_path}: {model.n_outputs} outputs but {len(label_names)} label names")
+    if labels.max(initial=0) >= model.n_outputs:
+        raise ModelReportError(f"{dataset_name}: label {int(labels.max())} is beyond the model's "
+                               f"{model.n_outputs} outputs")
+
+    scores = model.predict_proba(features).astype(np.float64)
+    normalised = type(model.loss).__name__ != "SoftmaxCrossEntropy"
+    if normalised:  # sigmoid outputs: make them a distribution so that confidences are comparable
+        scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
+    predictions = scores.argmax(axis=1)
+    confidence = scores[np.arange(len(scores)), predictions]
+    correct = predictions == labels
+    k = model.n_outputs
+    confusion = confusion_matrix(labels, predictions, k)
+    n, n_correct = int(len(labels)), int(correct.sum())
+    low, high = wilson_interval(n_correct, n)
+    per_class = per_class_report(confusion)
+    bins, ece, mce = calibration_bins(confidence, correct)
+    for row in per_class:
+        c = row["class"]
+        row["label"] = label_names[c]
+        row["recall_ci95"] = list(wilson_interval(int(confusion[c, c]), int(confusion[c].sum())))
+        _, row["ece"], _ = calibration_bins(scores[:, c], labels == c)
+        row["mean_probability"] = float(scores[:, c].mean())
+        row["frequency"] = float(np.mean(labels == c))
+    macro = {key: float(np.mean([r[key] for r in per_class])) for key in ("precision", "recall", "f1")}
+
+    wrong = np.flatnonzero(~correct)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    mistakes = [{"index": int(i), "where": locate(int(i)), "true": label_names[labels[i]],
+                 "predicted": label_names[predictions[i]], "confidence": float(confidence[i])}
+                for i in wrong[:MAX_MISTAKES_LISTED]]
+    off_diagonal = confusion.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    pairs = np.dstack(np.unravel_index(np.argsort(-off_diagonal, axis=None), confusion.shape))[0]
+    confused = [{"true": label_names[i], "predicted": label_names[j], "count": int(confusion[i, j])}
+                for i, j in pairs[:8] if confusion[i, j]]
+    per_group = None
+    if groups is not None:
+        per_group = [{"session": str(g), "frames": int(np.sum(groups == g)),
+                      "accuracy": float(np.mean(correct[groups == g]))} for g in np.unique(groups)]
+    history = {key: [float(v) for v in values] for key, values in dict(model.history).items()}
+
+    # ---- page
+    model_path = Path(model_path)
+    title = f"Model report: {model_path.name} on {dataset_name}"
+    about = [("file", H.Raw(f"<code>{H.esc(model_path)}</code>")),
+             ("sha256", H.Raw(f"<code>{sha256_file(model_path)}</code>")),
+             ("task", metadata.get("task") or ("pilot" if pilot else "digits")),
+             ("labels", ", ".join(label_names)), ("parameters", f"{model.n_parameters():,d}"),
+             ("loss", type(model.loss).__name__ + (" (outputs normalised to sum to 1 for the confidences)"
+                                                  if normalised else ""))]
+    for key in ("dataset", "trained_at", "n_train", "seed", "test_accuracy", "test_dataset"):
+        if key in metadata:
+            about.append((key.replace("_", " "), metadata[key]))
+    if "train_config" in metadata:
+        about.append(("training", ", ".join(f"{k}={v}" for k, v in metadata["train_config"].items())))
+    if "preprocessing" in metadata:
+        about.append(("preprocessing", ", ".join(f"{k}={v}" for k, v in metadata["preprocessing"].items())))
+    model_html = H.key_values(about) + f"<h3>Layers</h3><pre class=\"mono\">{H.esc(model.summary())}</pre>"
+
+    accuracy_html = [
+        f"<p>Accuracy <b>{n_correct / n:.2%}</b> ({n_correct:,d} of {n:,d}); 95% Wilson interval "
+        f"<b>{low:.2%} – {high:.2%}</b>. Macro-averaged precision {macro['precision']:.2%}, recall "
+        f"{macro['recall']:.2%}, F1 {macro['f1']:.2%}.</p>",
+        H.figure_row(
+            H.figure(plots.confusion_heatmap(confusion, label_names, f"Confusion matrix ({n_correct / n:.2%})"),
+                     "Rows: true label; columns: prediction; colour: share of the row.", "confusion"),
+            "<div><h3>Per label</h3>" + H.table(
+                ("label", "precision", "recall", "recall 95% CI", "F1", "support"),
+                [(r["label"], f"{r['precision']:.2%}", f"{r['recall']:.2%}",
+                  f"{r['recall_ci95'][0]:.1%} – {r['recall_ci95'][1]:.1%}", f"{r['f1']:.2%}", r["support"])
+                 for r in per_class] + [("macro avg", f"{macro['precision']:.2%}", f"{macro['recall']:.2%}", "",
+                                         f"{macro['f1']:.2%}", n)], numeric=(1, 2, 3, 4, 5)) + "</div>"),
+    ]
+    if confused:
+        accuracy_html.append("<h3>Most frequent confusions</h3>" + H.table(
+            ("true", "predicted as", "count"), [(c["true"], c["predicted"], c["count"]) for c in confused],
+            numeric=(2,)))
+    if per_group:
+        accuracy_html.append("<h3>Per session</h3>" + H.table(
+            ("session", "frames", "accuracy"), [(g["session"], g["frames"], f"{g['accuracy']:.2%}") for g in per_group],
+            numeric=(1, 2)))
+    curves = plots.learning_curves(history)
+    curves_html = (H.figure(curves, "Per epoch, from the history stored in the model file.", "learning curves")
+                   if curves else '<p class="muted">The model file holds no training history.</p>')
+
+    def thumb(i: int) -> tuple[str, str]:
+        image = images[i]
+        scale = max(1, 84 // max(image.shape[:2]))
+        caption = (f"{H.esc(locate(int(i)))}<br>true <b>{H.esc(label_names[labels[i]])}</b><br>predicted "
+                   f"{H.esc(label_names[predictions[i]])}<br><span class=\"muted\">{confidence[i]:.1%} sure</span>")
+        return H.image_data_uri(image, scale=scale), caption
+
+    mistakes_html = (f"<p>{len(wrong):,d} mistakes; the {min(len(wrong), MAX_MISTAKES_SHOWN)} the model was most "
+                     "sure of:</p>" + H.thumbnails(thumb(i) for i in wrong[:MAX_MISTAKES_SHOWN]))
+    calibration_html = [
+        f"<p>Expected calibration error <b>{ece:.2%}</b> ({N_BINS} bins of the top predicted probability, "
+        "weighted by their examples). A well calibrated model that says 90% is right 90% of the time; a gap in a "
+        "bin with few examples (see the counts) says little.</p>",
+        H.figure(plots.reliability_diagram(bins, ece), "Bars: accuracy per confidence bin; dashed: perfect "
+                 "calibration; orange: the gap. Below: examples per bin (log scale).", "reliability diagram"),
+        "<h3>Per label (one-vs-rest)</h3>",
+        H.table(("label", "mean predicted probability", "observed frequency", "ECE"),
+                [(r["label"], f"{r['mean_probability']:.2%}", f"{r['frequency']:.2%}", f"{r['ece']:.2%}")
+                 for r in per_class], numeric=(1, 2, 3)),
+    ]
+    sections = [("model", "1. Model", model_html), ("accuracy", "2. Accuracy", "".join(accuracy_html)),
+                ("learning", "3. Learning curves", curves_html), ("mistakes", "4. Confident mistakes", mistakes_html),
+                ("calibration", "5. Calibration", "".join(calibration_html))]
+    cards = H.cards([(f"{n_correct / n:.2%}", "accuracy"), (f"{low:.1%}–{high:.1%}", "95% interval"),
+                     (f"{n:,d}", "examples"), (f"{ece:.2%}", "calibration error"), (str(k), "labels")])
+    subtitle = "CRISP-DM evaluation: how good is the model, where does it fail, can its confidence be trusted"
+    page = H.page(title, subtitle, cards, sections)
+    seconds = time.perf_counter() - started
+    from .. import __version__
+
+    data = {"report": "model", "title": title, "scratchpilot_version": __version__, "model": str(model_path),
+            "dataset": dataset_name, "task": "pilot" if pilot else "digits", "labels": label_names, "n": n,
+            "correct": n_correct, "accuracy": n_correct / n, "accuracy_ci95": [low, high],
+            "confusion": confusion.tolist(), "per_class": per_class, "macro": macro,
+            "calibration": {"bins": bins, "ece": ece, "mce": mce, "n_bins": N_BINS,
+                            "scores_normalised": normalised},
+            "most_confused": confused, "confident_mistakes": mistakes, "per_session": per_group,
+            "history": history, "seconds": seconds}
+    lines = [f"# {title}", "",
+             f"- accuracy **{n_correct / n:.2%}** ({n_correct:,d} / {n:,d}), 95% CI {low:.2%} – {high:.2%}",
+             f"- macro precision {macro['precision']:.2%}, recall {macro['recall']:.2%}, F1 {macro['f1']:.2%}",
+             f"- calibration: expected calibration error {ece:.2%}",
+             "- weakest label: " + min(per_class, key=lambda r: r["f1"])["label"]
+             + f" (F1 {min(r['f1'] for r in per_class):.2%})"]
+    if confused:
+        lines.append("- most frequent confusion: " + f"{confused[0]['true']} → {confused[0]['predicted']} "
+                     f"({confused[0]['count']:,d}×)")
+    if out_name:
+        lines += ["", f"Report: {out_name} ({seconds:.1f} s)"]
+    return Report(data=data, html=page, markdown="\n".join(lines) + "\n")
