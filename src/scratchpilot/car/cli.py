@@ -1,0 +1,116 @@
+"""``scratchpilot car ...`` and ``scratchpilot demo``: record, sessions, train, check, drive, stream.
+
+The simulator paths live in :mod:`scratchpilot.car.workflow`, the real-car paths (camera stream, keyboard,
+Arduino) in :mod:`scratchpilot.car.realcar`. Only argparse is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_json(p) -> None:
+    p.add_argument("--json", metavar="PATH", help="write the measured figures as JSON")
+
+
+def add_parser(subparsers) -> None:
+    car = subparsers.add_parser("car", help="the self-driving car: record, train, check, drive, stream")
+    sub = car.add_subparsers(dest="car_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("record", help="record labelled frames: expert or keyboard in the simulator, or the real car")
+    p.add_argument("--driver", choices=["expert", "keyboard"], default="expert",
+                   help="who drives in the simulator (default expert)")
+    p.add_argument("--episodes", type=int, default=5, help="simulator episodes to record (default 5)")
+    p.add_argument("--seed", type=int, default=1000, help="first track seed (default 1000)")
+    p.add_argument("--noise", type=float, default=0.02,
+                   help="expert only: chance per step of starting a random command held for 4-11 frames, so "
+                        "the data shows how to recover (labels stay the expert's; default 0.02, about 13%% "
+                        "of the frames)")
+    p.add_argument("--out", default="sessions", help="root folder of the sessions (default sessions/)")
+    p.add_argument("--source", help="real car: tcp://PI:8000 (the Pi's 'scratchpilot car stream')")
+    p.add_argument("--keyboard", action="store_true", help="real car: label frames with the arrow keys")
+    p.add_argument("--serial", help="real car: the Arduino's serial port (e.g. /dev/ttyUSB0) so keys also drive")
+    p.add_argument("--duration", type=float, help="real car: stop after this many seconds (default: Esc)")
+    _add_json(p)
+    p.set_defaults(func=_dispatch("record"))
+
+    p = sub.add_parser("sessions", help="list sessions; exclude or restore frame ranges (non-destructive)")
+    p.add_argument("root", nargs="?", default="sessions")
+    p.add_argument("--exclude", nargs=3, metavar=("SESSION", "START", "STOP"),
+                   help="exclude frames START..STOP-1 of SESSION from training")
+    p.add_argument("--restore", nargs=3, metavar=("SESSION", "START", "STOP"), help="undo an exclusion")
+    p.add_argument("--reason", default="", help="why frames are excluded (kept with the exclusion)")
+    p.add_argument("--import-tub", metavar="TUB", help="import a donkeycar tub (folder or .tar.gz) as a session")
+    p.add_argument("--import-npz", metavar="NPZ", help="import an AutoRCCar-style .npz as a session")
+    _add_json(p)
+    p.set_defaults(func=_dispatch("sessions"))
+
+    p = sub.add_parser("train", help="train a pilot on recorded sessions")
+    p.add_argument("--sessions", nargs="+", default=["sessions"], help="session folders or roots")
+    p.add_argument("--model", default="pilot.npz", help="where to save the pilot (default pilot.npz)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units of the 3-layer net (default 128)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of sessions/episodes held out for validation (never single frames)")
+    p.add_argument("--preset", choices=["carracing", "tub", "camera"], help="preprocessing preset "
+                   "(default: from the sessions' source)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_json(p)
+    p.set_defaults(func=_dispatch("train"))
+
+    p = sub.add_parser("check", help="accuracy and confusion per label, plus a contact sheet of predictions")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sessions", nargs="+", required=True)
+    p.add_argument("--sheet", default="contact_sheet.png", help="contact sheet PNG (default contact_sheet.png)")
+    _add_json(p)
+    p.set_defaults(func=_dispatch("check"))
+
+    p = sub.add_parser("drive", help="drive by the network's predictions: simulator or real car")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sim", action="store_true", help="drive in the simulator")
+    p.add_argument("--tracks", type=int, default=3, help="simulator: number of tracks (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="simulator: first track seed (default 0)")
+    p.add_argument("--video", metavar="GIF", help="simulator: save what the car saw and did (GIF)")
+    p.add_argument("--source", help="real car: tcp://PI:8000")
+    p.add_argument("--serial", help="real car: the Arduino's serial port")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="real car: stop when the prediction's probability is below this (default 0: off)")
+    p.add_argument("--max-frame-age", type=float, default=0.2,
+                   help="real car: stop when the newest frame is older than this many seconds (default 0.2)")
+    p.add_argument("--dry-run", action="store_true", help="real car: show what would be sent, send nothing")
+    p.add_argument("--no-window", action="store_true",
+                   help="real car: no pygame window (and so no space-bar e-stop: Ctrl-C stops the car)")
+    p.add_argument("--duration", type=float, help="real car: stop after this many seconds (default: Esc/Ctrl-C)")
+    _add_json(p)
+    p.set_defaults(func=_dispatch("drive"))
+
+    p = sub.add_parser("stream", help="on the Pi: stream camera frames over TCP")
+    p.add_argument("--camera", default="picamera2", help="picamera2 | opencv:0 | test-pattern | sim")
+    p.add_argument("--size", default="320x240")
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_dispatch("stream"))
+
+    demo = subparsers.add_parser("demo", help="the main job: record an expert, train a pilot, drive unseen tracks")
+    demo.add_argument("--out", default="runs/demo", help="keeps sessions, pilot.npz, results.json, drive.gif")
+    demo.add_argument("--episodes", type=int, default=None, help="expert episodes to record")
+    demo.add_argument("--tracks", type=int, default=10, help="unseen tracks to drive (default 10)")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_json(demo)
+    demo.set_defaults(func=_dispatch("demo"))
+
+
+def _dispatch(name: str):
+    """A handler that imports the module doing the work only when the command runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        if name == "stream" or (name in ("record", "drive") and getattr(args, "source", None)):
+            from . import realcar
+
+            return getattr(realcar, f"cmd_{name}")(args)
+        from . import workflow
+
+        return getattr(workflow, f"cmd_{name}")(args)
+
+    return handler
