@@ -31,54 +31,65 @@ def _progress(total: int, desc: str, enabled: bool = True):
 
 # ------------------------------------------------------------------------------------------ recording
 def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progress: bool = True,
-                  name: str | None = None):
-    """Let the scripted expert drive each track in ``seeds`` and record every frame with its label.
+                  name: str | None = None, pilot=None, max_steps: int | None = None):
+    """Record every frame of each track in ``seeds`` with the scripted expert's label for it.
 
-    With ``noise`` > 0, at each step the car starts, with that probability, a random command held for a
-    few frames (what it then does is the perturbation, not the expert): the frames of the car drifting and
-    the expert's labels for them teach the pilot how to recover. Labels are always the expert's choice.
+    Who actually drives:
 
-    Returns ``(session path, list of per-episode metrics dicts)``.
+    - the expert (``pilot=None``), but with ``noise`` > 0 the car starts, with that probability at each
+      step, a random command held for a few frames: the frames of the car drifting and the expert's labels
+      for them teach the pilot how to recover;
+    - or a trained ``pilot`` (DAgger): the pilot drives and the expert only labels, so the data covers
+      the situations the pilot gets itself into.
+
+    Labels are always the expert's choice; ``max_steps`` cuts episodes short (tests).
+    Returns ``(session path, list of per-episode metrics)``.
     """
     from .expert import ScriptedExpert
     from .recorder import SessionWriter
-    from .sim import LABELS, MAX_EPISODE_STEPS, Simulator
+    from .sim import MAX_EPISODE_STEPS, Simulator
 
     rng = np.random.default_rng(rng_seed)
     expert = ScriptedExpert()
     episodes = []
     seeds = list(seeds)
-    bar = _progress(len(seeds) * MAX_EPISODE_STEPS, "recording expert", progress)
-    meta = {"seeds": seeds, "noise": noise, "rng_seed": rng_seed, "expert": expert.params.to_dict()}
-    with SessionWriter(root, source="sim", driver="expert", meta=meta, name=name) as writer:
-        sim = None
+    driver = "expert" if pilot is None else "pilot+expert-labels"
+    bar = _progress(len(seeds) * MAX_EPISODE_STEPS, f"recording ({driver})", progress)
+    meta = {"seeds": seeds, "noise": noise, "rng_seed": rng_seed, "expert": expert.params.to_dict(),
+            "dagger": pilot is not None}
+    from ..nn import blas_threads
+
+    with SessionWriter(root, source="sim", driver=driver, meta=meta, name=name) as writer, blas_threads(1):
+        sim = Simulator(seeds[0])
         try:
             for episode, seed in enumerate(seeds):
-                if sim is None:
-                    sim = Simulator(seed)
-                else:
+                if episode:
                     sim.reset(seed)
                 expert.reset(sim.track)
+                if pilot is not None:
+                    pilot.reset()
                 hold, perturbation = 0, None
-                while not sim.done:
+                while not sim.done and (max_steps is None or sim.metrics.steps < max_steps):
                     frame, timestamp = sim.read()
                     label = expert.act(sim.car)
                     writer.add(frame, label, timestamp, episode=episode)
-                    if hold == 0 and noise and rng.random() < noise:
-                        hold = int(rng.integers(*NOISE_HOLD_FRAMES))
-                        perturbation = str(rng.choice(["left", "right", "none", "forward"]))
-                    executed = perturbation if hold else label
-                    hold = max(0, hold - 1)
+                    if pilot is not None:
+                        executed = pilot.decide(frame)[0]
+                    else:
+                        if hold == 0 and noise and rng.random() < noise:
+                            hold = int(rng.integers(*NOISE_HOLD_FRAMES))
+                            perturbation = str(rng.choice(["left", "right", "none", "forward"]))
+                        executed = perturbation if hold else label
+                        hold = max(0, hold - 1)
                     sim.send(executed)
                     if bar is not None:
                         bar.update(1)
                 episodes.append({"episode": episode, **sim.metrics.to_dict()})
         finally:
-            if sim is not None:
-                sim.close()
+            sim.close()
             if bar is not None:
                 bar.close()
-        writer.update_meta({"episodes": episodes, "labels_order": list(LABELS)})
+        writer.update_meta({"episodes": episodes})
         path = writer.path
     return path, episodes
 
@@ -302,7 +313,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- driving
-def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool = True) -> dict:
+def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool = True,
+              max_steps: int | None = None) -> dict:
     """Let the pilot drive each track of ``seeds`` in the simulator; per-track and summary figures.
 
     The decide latency (preprocess + forward) is measured on every step; the loop rate counts the
@@ -327,7 +339,7 @@ def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool 
                 if video and _first and sim.metrics.steps % video_every == 0:
                     video_frames.append((frame.copy(), label, confidence))
 
-            stats = run_pilot_loop(sim, pilot, sim, done=lambda: sim.done, on_step=on_step)
+            stats = run_pilot_loop(sim, pilot, sim, done=lambda: sim.done, on_step=on_step, max_steps=max_steps)
             summary = stats.summary()
             tracks.append({**sim.metrics.to_dict(), "decide_ms_p50": summary["decide_ms_p50"],
                            "decide_ms_p99": summary["decide_ms_p99"], "loop_hz": summary["loop_hz"],

@@ -1,0 +1,155 @@
+"""The simulator workflow end to end (short episodes), the pilot's parts, and training on a real tub."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scratchpilot.car import workflow as W
+from scratchpilot.car.pilot import Pilot, SafetyGate, run_pilot_loop, with_history
+from scratchpilot.cli import main
+from scratchpilot.nn import load
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sessions")
+    path, episodes = W.record_expert(root, [1000, 1001], max_steps=150, progress=False)
+    return root, path, episodes
+
+
+def test_record_expert_writes_a_session_with_expert_labels(recorded):
+    from scratchpilot.car.recorder import Session
+
+    _, path, episodes = recorded
+    session = Session.open(path)
+    assert len(session) == 300 and session.frame_shape == (96, 96, 3)
+    assert sorted(np.unique(session.episodes)) == [0, 1]
+    assert set(session.labels) <= set(range(5)) and session.meta["driver"] == "expert"
+    assert [e["steps"] for e in episodes] == [150, 150]
+    # the expert mostly accelerates at the start of a track
+    assert np.mean(session.labels == session.label_names.index("forward")) > 0.3
+
+
+def test_train_check_and_drive(recorded, tmp_path):
+    root, path, _ = recorded
+    model, report = W.train_pilot([path], epochs=3, progress=False)
+    # two episodes are too few to hold one out: whole blocks of up to 100 consecutive frames are
+    assert report["frames"] == 300 and report["validation_frames"] in (50, 100)
+    assert model.metadata["preprocessing"]["crop"] == {"top": 0, "bottom": 84, "left": 0, "right": 96}
+    assert model.n_inputs == 2 * 42 * 48  # pixels and their change over history_lag frames
+    model.save(tmp_path / "pilot.npz")
+    pilot = Pilot.load(tmp_path / "pilot.npz")
+    check = W.check_pilot(pilot, [path], tmp_path / "sheet.png", thumbnails=8)
+    assert check["frames"] == 300 and np.array(check["confusion"]).sum() == 300
+    assert (tmp_path / "sheet.png").read_bytes()[:4] == b"\x89PNG"
+    result = W.drive_sim(pilot, [3], max_steps=120, video=tmp_path / "drive.gif", progress=False)
+    track = result["tracks"][0]
+    assert track["steps"] == 120 and track["seed"] == 3
+    assert result["decide_ms_p50"] < 5.0 and result["loop_hz"] > 10
+    assert (tmp_path / "drive.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_car_cli_train_and_check(recorded, tmp_path, capsys):
+    root, path, _ = recorded
+    model = tmp_path / "p.npz"
+    assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--epochs", "2",
+                 "--json", str(tmp_path / "t.json")]) == 0
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert figures["frames"] == 300 and figures["validation_accuracy"] is not None
+    assert main(["car", "check", "--model", str(model), "--sessions", str(path),
+                 "--sheet", str(tmp_path / "s.png"), "--json", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["frames"] == 300
+    assert main(["car", "sessions", str(root)]) == 0
+    assert path.name in capsys.readouterr().out
+
+
+def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path):
+    """A real car's frames: a held-out split (blocks of consecutive frames, never single frames)."""
+    from scratchpilot.car.importers import import_tub
+
+    session = import_tub(shared_data / "donkeycar-tub" / "tub.tar.gz", tmp_path)
+    model, report = W.train_pilot([session], epochs=25, history_lag=0, hidden=64, seed=0, progress=False)
+    assert report["frames"] == 1000 and report["validation_frames"] >= 100
+    assert report["validation_accuracy"] > report["validation_majority_baseline"] + 0.05, report
+
+
+def test_with_history_matches_the_pilot_at_drive_time():
+    """Training and driving compute the history features the same way."""
+    frames = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    groups = np.array([0, 0, 0, 0, 1, 1])
+    stacked = with_history(frames, groups, lag=2)
+    np.testing.assert_array_equal(stacked[:, :4], frames)
+    np.testing.assert_allclose(stacked[3, 4:], frames[3] - frames[1])
+    np.testing.assert_allclose(stacked[1, 4:], frames[1] - frames[0])
+    np.testing.assert_allclose(stacked[5, 4:], frames[5] - frames[4])
+
+    class Identity:
+        def __call__(self, frame):
+            return frame.reshape(1, -1)
+
+    pilot = Pilot.__new__(Pilot)
+    pilot.history_lag, pilot._past, pilot.preprocess = 2, [], Identity()
+    live = np.concatenate([pilot.features(f) for f in frames[:4]])
+    np.testing.assert_allclose(live, stacked[:4])
+
+
+def test_sampling_policy_follows_the_probabilities(tmp_path):
+    from scratchpilot import nn
+
+    model = nn.Sequential([nn.Dense(4, 3)], seed=0)
+    model.layers[0].params["W"][:] = 0
+    model.layers[0].params["b"][:] = np.log([0.6, 0.3, 0.1])
+    model.metadata = {"labels": ["a", "b", "c"], "preprocessing": {"input_shape": [2, 2], "scale": True}}
+    pilot = Pilot(model, policy="sample", seed=1)
+    picks = [pilot.decide(np.zeros((2, 2), np.uint8))[0] for _ in range(3000)]
+    assert abs(picks.count("a") / 3000 - 0.6) < 0.04 and abs(picks.count("c") / 3000 - 0.1) < 0.03
+    assert Pilot(model).decide(np.zeros((2, 2), np.uint8))[0] == "a"
+
+
+def test_safety_gate_reasons():
+    gate = SafetyGate(max_frame_age=0.2, min_confidence=0.5)
+    assert gate.check(frame_age=0.05, confidence=0.9) is None
+    assert gate.check(frame_age=0.3, confidence=0.9).startswith("stale frame")
+    assert gate.check(frame_age=0.05, confidence=0.3).startswith("low confidence")
+    assert gate.check(frame_age=0.05, confidence=0.9, link_ok=False) == "link lost"
+    assert gate.check(frame_age=0.05, confidence=0.9, estop=True) == "e-stop pressed"
+
+
+def test_loop_stops_the_car_on_a_stale_frame():
+    class Source:
+        def read(self):
+            return np.zeros((2, 2), np.uint8), 0.0  # captured at t = 0
+
+    class Car:
+        sent, stopped = [], 0
+
+        def send(self, label):
+            self.sent.append(label)
+
+        def stop(self):
+            self.stopped += 1
+
+    class FixedPilot:
+        def decide(self, frame):
+            return "forward", 0.9, None
+
+    car = Car()
+    clock = iter([0.05, 0.1, 0.5]).__next__
+    stats = run_pilot_loop(Source(), FixedPilot(), car, done=lambda: False, safety=SafetyGate(0.2), clock=clock,
+                           max_steps=10)
+    assert car.sent == ["forward", "forward"] and car.stopped == 1
+    assert stats.stops[0]["reason"].startswith("stale frame")
+
+
+def test_pilot_refuses_a_digits_model(tmp_path):
+    from scratchpilot import nn
+
+    model = nn.Sequential([nn.Dense(4, 2)], seed=0)
+    with pytest.raises(ValueError, match="not a pilot model"):
+        Pilot(model)
+    model.save(tmp_path / "m.npz")
+    assert main(["car", "drive", "--model", str(tmp_path / "m.npz"), "--sim"]) == 2
+    assert load(tmp_path / "m.npz").n_inputs == 4
