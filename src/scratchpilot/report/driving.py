@@ -383,10 +383,13 @@ def build_driving_report(root, seed: int = 0, out_name: str | None = None) -> Re
         return H.image_data_uri(frame, scale=max(1, 96 // max(frame.shape[:2]))), caption
 
     if frozen_shown:
-        quality_html.append(f"<h3>Frozen frames (first {len(frozen_shown)})</h3>" + H.thumbnails(
+        total_frozen = sum(r["frozen_frames"] or 0 for r in good)
+        quality_html.append(f"<h3>Frozen frames ({len(frozen_shown)} of {total_frozen:,d})</h3>" + H.thumbnails(
             thumb(frame, f"{H.esc(name)} #{pos}<br>same as #{pos - 1}") for name, pos, frame in frozen_shown))
     if blips_shown:
-        quality_html.append(f"<h3>Single-frame label changes (first {len(blips_shown)})</h3>" + H.thumbnails(
+        total_blips = sum(r["label_blips"] for r in good)
+        quality_html.append(f"<h3>Single-frame label changes ({len(blips_shown)} of {total_blips:,d})</h3>"
+                            + H.thumbnails(
             thumb(frame, f"{H.esc(name)} #{pos}<br><b>{H.esc(label_names[label])}</b> between "
                          f"{H.esc(label_names[around])}") for name, pos, label, around, frame in blips_shown))
 

@@ -49,7 +49,7 @@ table { border-collapse:collapse; margin:8px 0 14px; font-size:14px; }
 th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
 th { background:#f0f2f8; font-weight:600; color:#33405e; white-space:nowrap; }
 td:first-child { white-space:nowrap; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 td.wrap { word-break:break-all; }
 tr:last-child td { border-bottom:none; }
 figure { margin:10px 0 16px; }
@@ -58,6 +58,7 @@ figcaption { font-size:13px; color:var(--muted); margin-top:2px; }
 .figrow { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
 .figrow figure { flex:1 1 420px; }
 .figrow > div { flex:1 1 380px; }
+.figrow figure.wide { flex:1.6 1 560px; }
 .thumbs { display:grid; grid-template-columns:repeat(auto-fill,minmax(104px,1fr)); gap:10px; margin:10px 0 16px; }
 .thumb { border:1px solid var(--line); border-radius:8px; padding:6px; text-align:center; background:#fbfbfd; }
 .thumb img { width:84px; height:auto; image-rendering:pixelated; display:block; margin:0 auto 4px;
@@ -115,10 +116,11 @@ def image_data_uri(image: np.ndarray, scale: int = 3) -> str:
     return png_bytes_uri(buffer.getvalue())
 
 
-def figure(uri: str, caption: str = "", alt: str = "") -> str:
-    """An embedded image with a caption (``caption`` is HTML; escape data in it)."""
+def figure(uri: str, caption: str = "", alt: str = "", wide: bool = False) -> str:
+    """An embedded image with a caption (``caption`` is HTML; escape data in it); ``wide`` takes more of a row."""
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="{uri}" alt="{esc(alt or "figure")}">{cap}</figure>'
+    css = ' class="wide"' if wide else ""
+    return f'<figure{css}><img src="{uri}" alt="{esc(alt or "figure")}">{cap}</figure>'
 
 
 def figure_row(*figures_html: str) -> str:

@@ -175,7 +175,10 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
         _, row["ece"], _ = calibration_bins(scores[:, c], labels == c)
         row["mean_probability"] = float(scores[:, c].mean())
         row["frequency"] = float(np.mean(labels == c))
-    macro = {key: float(np.mean([r[key] for r in per_class])) for key in ("precision", "recall", "f1")}
+    # labels that never occur, neither in the data nor in the predictions, would drag the averages to 0
+    present = [r for r in per_class if r["support"] or confusion[:, r["class"]].sum()]
+    macro = {key: float(np.mean([r[key] for r in present])) for key in ("precision", "recall", "f1")}
+    macro["labels"] = [r["label"] for r in present]
 
     wrong = np.flatnonzero(~correct)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
@@ -217,11 +220,12 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
         f"{macro['recall']:.2%}, F1 {macro['f1']:.2%}.</p>",
         H.figure_row(
             H.figure(plots.confusion_heatmap(confusion, label_names, f"Confusion matrix ({n_correct / n:.2%})"),
-                     "Rows: true label; columns: prediction; colour: share of the row.", "confusion"),
+                     "Rows: true label; columns: prediction; colour: share of the row.", "confusion", wide=True),
             "<div><h3>Per label</h3>" + H.table(
                 ("label", "precision", "recall", "recall 95% CI", "F1", "support"),
                 [(r["label"], f"{r['precision']:.2%}", f"{r['recall']:.2%}",
-                  f"{r['recall_ci95'][0]:.1%} – {r['recall_ci95'][1]:.1%}", f"{r['f1']:.2%}", r["support"])
+                  f"{r['recall_ci95'][0]:.1%} – {r['recall_ci95'][1]:.1%}" if r["support"] else "-",
+                  f"{r['f1']:.2%}", r["support"])
                  for r in per_class] + [("macro avg", f"{macro['precision']:.2%}", f"{macro['recall']:.2%}", "",
                                          f"{macro['f1']:.2%}", n)], numeric=(1, 2, 3, 4, 5)) + "</div>"),
     ]
@@ -279,8 +283,8 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
              f"- accuracy **{n_correct / n:.2%}** ({n_correct:,d} / {n:,d}), 95% CI {low:.2%} – {high:.2%}",
              f"- macro precision {macro['precision']:.2%}, recall {macro['recall']:.2%}, F1 {macro['f1']:.2%}",
              f"- calibration: expected calibration error {ece:.2%}",
-             "- weakest label: " + min(per_class, key=lambda r: r["f1"])["label"]
-             + f" (F1 {min(r['f1'] for r in per_class):.2%})"]
+             "- weakest label: " + min(present, key=lambda r: r["f1"])["label"]
+             + f" (F1 {min(r['f1'] for r in present):.2%})"]
     if confused:
         lines.append("- most frequent confusion: " + f"{confused[0]['true']} → {confused[0]['predicted']} "
                      f"({confused[0]['count']:,d}×)")

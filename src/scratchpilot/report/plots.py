@@ -198,6 +198,7 @@ def reliability_diagram(bins: list[dict], ece: float, title: str = "Calibration 
     ax.legend(fontsize=8, loc="upper left")
     ax_count.bar(lows, np.maximum(counts, 0), widths, align="edge", color="#999", edgecolor="white")
     ax_count.set_yscale("log")
+    ax_count.yaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks crowd the small panel
     ax_count.set_xlabel("confidence (top predicted probability)")
     ax_count.set_ylabel("examples")
     ax_count.set_xlim(0, 1)

@@ -119,17 +119,17 @@ def constant_pixels(images: np.ndarray) -> np.ndarray:
 def class_imbalance(counts: np.ndarray, ratio_warning: float = 1.5) -> dict:
     """How uneven the class counts are.
 
-    Returns ``largest``, ``smallest`` (class indices), ``ratio`` (largest / smallest count; inf with an
-    empty class), ``empty_classes``, ``shares`` and ``warning`` (ratio above ``ratio_warning`` or any empty
-    class).
+    Returns ``largest``, ``smallest`` (class indices), ``ratio`` (largest / smallest count; None when a
+    class is empty), ``empty_classes``, ``shares`` and ``warning`` (ratio above ``ratio_warning`` or any
+    empty class).
     """
     counts = np.asarray(counts, dtype=np.int64)
     total = max(int(counts.sum()), 1)
     largest, smallest = int(counts.argmax()), int(counts.argmin())
-    ratio = float(counts[largest] / counts[smallest]) if counts[smallest] else float("inf")
+    ratio = float(counts[largest] / counts[smallest]) if counts[smallest] else None
     empty = [int(k) for k in np.flatnonzero(counts == 0)]
     return {"largest": largest, "smallest": smallest, "ratio": ratio, "empty_classes": empty,
-            "shares": (counts / total).tolist(), "warning": bool(empty) or ratio > ratio_warning}
+            "shares": (counts / total).tolist(), "warning": ratio is None or ratio > ratio_warning}
 
 
 # ------------------------------------------------------------------------------------- label suspects
