@@ -732,19 +732,25 @@ def run_recording(client: StreamClient, recorder: KeyboardRecorder, window, *, d
                   stop_event: threading.Event | None = None) -> str:
     """The record loop: keys from ``window``, frames from ``client``, until quit/duration/``stop_event``."""
 
+    status = {"label": "none", "age": "-", "skipped": None}
+
+    def lines() -> list[tuple[str, tuple[int, int, int]]]:
+        text = [(f"label: {status['label']}   recorded: {recorder.stats['recorded']}", _WHITE),
+                (f"frame age: {status['age']} ms", _WHITE), _stop_line(recorder.safety)]
+        if status["skipped"]:
+            text.append((f"not recorded: {status['skipped']}"[:70], _YELLOW))
+        return text
+
     def on_frame(frame: Frame, controls: Controls) -> None:
         step = recorder.on_frame(frame, controls.held)
-        lines = [(f"label: {step.label}   recorded: {recorder.stats['recorded']}", _WHITE),
-                 (f"frame age: {frame.age_s() * 1000:.0f} ms", _WHITE), _stop_line(recorder.safety)]
-        if step.skipped:
-            lines.append((f"not recorded: {step.skipped}"[:70], _YELLOW))
-        window.show(recorder.last_image, lines)
+        status.update(label=step.label, age=f"{frame.age_s() * 1000:.0f}", skipped=step.skipped)
+        window.show(recorder.last_image, lines())
 
     def on_idle(controls: Controls) -> None:
         before = recorder.safety.reason
         recorder.on_idle(controls.held)
         if recorder.safety.reason != before:
-            window.show(None, [("", _WHITE), ("", _WHITE), _stop_line(recorder.safety)])
+            window.show(None, lines())
 
     return _run_loop(client, on_frame, on_idle, window, duration_s=duration_s, stop_event=stop_event,
                      on_estop=recorder.safety.emergency_stop)
@@ -761,12 +767,11 @@ def _open_link(args, *, dry_run: bool = False):
         raise _command_error(str(exc)) from None
 
 
-def _open_client(source: str) -> StreamClient:
+def _stream_address(source: str) -> tuple[str, int]:
     try:
-        host, port = parse_source(source)
+        return parse_source(source)
     except ValueError as exc:
         raise _command_error(str(exc)) from None
-    return StreamClient(host, port).start()
 
 
 def _open_window(title: str, wanted: bool):
@@ -792,8 +797,9 @@ def cmd_record(args) -> int:
         raise _command_error("recording from a real car needs --keyboard (the arrow keys label the frames)")
     duration = getattr(args, "duration", None)
     max_age = getattr(args, "max_frame_age", 0.2)
+    address = _stream_address(args.source)
     link = _open_link(args)
-    client = _open_client(args.source)
+    client = StreamClient(*address).start()
     window = writer = None
     ended = "error"
     try:
@@ -876,6 +882,17 @@ class PilotDriver:
         self.last_image: np.ndarray | None = None
         self.last_decision: tuple[str, float] | None = None
         self.stats = DriveStats()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Decode one JPEG and decide once before the first real frame: the first call of each pays
+        for lazy imports and buffer allocation (~100 ms), enough to make that frame stale."""
+        from .stream import decode_jpeg, encode_jpeg
+
+        decode_jpeg(encode_jpeg(np.zeros((16, 16, 3), dtype=np.uint8)))
+        shape = getattr(getattr(self.pilot, "preprocess", None), "input_shape", None)
+        if shape is not None:
+            self.pilot.decide(np.zeros(shape, dtype=np.uint8))
         self._reset_pilot()
 
     def _reset_pilot(self) -> None:
@@ -978,8 +995,9 @@ def cmd_drive(args) -> int:
     except (nn.ModelFileError, ValueError, OSError) as exc:
         raise _command_error(f"{args.model}: {exc}") from None
     gate = SafetyGate(max_frame_age=args.max_frame_age, min_confidence=args.min_confidence or None)
+    address = _stream_address(args.source)
     link = _open_link(args, dry_run=args.dry_run)
-    client = _open_client(args.source)
+    client = StreamClient(*address).start()
     window = None
     ended = "error"
     try:
