@@ -491,6 +491,7 @@ def _exploration_html(splits: list[ImageSplit], rng: np.random.Generator) -> str
 
     primary = splits[0]
     parts = []
+    samples = mean_figure = ""
     labelled = [s for s in splits if s.labels is not None]
     if labelled:
         counts = {s.name: np.bincount(s.labels, minlength=len(s.class_names)) for s in labelled}
@@ -499,20 +500,21 @@ def _exploration_html(splits: list[ImageSplit], rng: np.random.Generator) -> str
     if primary.labels is not None and len(primary):
         tiles = _samples_per_class(primary, rng, SAMPLES_PER_CLASS)
         grid = plots.image_grid(tiles, primary.class_names, f"Random samples per class ({primary.name})")
-        parts.append(H.figure(grid, "Rows are classes; images picked at random (seeded).", "samples"))
+        samples = H.figure(grid, "Rows are classes; images picked at random (seeded).", "samples")
         means = np.stack([primary.images[primary.labels == c].mean(axis=0) if np.any(primary.labels == c)
                           else np.zeros(primary.images.shape[1:]) for c in range(len(primary.class_names))])
-        parts.append(H.figure(plots.mean_images(means, primary.class_names, f"Mean image per class ({primary.name})"),
-                              "The average of all images of each class: where the ink usually is.", "mean images"))
+        mean_figure = H.figure(plots.mean_images(means, primary.class_names, f"Mean image per class ({primary.name})"),
+                               "The average of all images of each class: where the ink usually is.", "mean images")
     elif len(primary):
         chosen = np.sort(rng.choice(len(primary), min(len(primary), 60), replace=False))
         tiles = np.zeros((5, 12, *primary.images.shape[1:]), np.uint8)
         tiles.reshape(60, *primary.images.shape[1:])[:len(chosen)] = primary.images[chosen]
-        parts.append(H.figure(plots.image_grid(tiles, [""] * 5, f"Random samples ({primary.name})"), "", "samples"))
+        samples = H.figure(plots.image_grid(tiles, [""] * 5, f"Random samples ({primary.name})"), "", "samples")
     histograms = {s.name: np.bincount(s.images.ravel(), minlength=256) for s in splits if len(s)}
-    parts.append(H.figure(plots.pixel_histogram(histograms),
-                          "Share of pixels at each grey level (log scale): digit images are mostly background "
-                          "(0) with a second peak near full ink.", "pixel histogram"))
+    histogram = H.figure(plots.pixel_histogram(histograms),
+                         "Share of pixels at each grey level (log scale): digit images are mostly background "
+                         "(0) with a second peak near full ink.", "pixel histogram")
+    parts += [H.figure_row(samples, histogram), mean_figure]
     return "".join(parts)
 
 

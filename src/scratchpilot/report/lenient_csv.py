@@ -183,21 +183,23 @@ def _parse_chunk(chunk: list[bytes], first_line: int, names: tuple[str, ...], ha
     if has_labels:
         upper[0] = N_CLASSES - 1
     bad = values > upper
-    if irregular.any():
-        # the rare fields that are not 1 to 3 plain digits: classify them one by one
-        fields = None
-        for row, col in zip(*np.nonzero(irregular), strict=True):
-            if fields is None or fields[0] != row:
-                fields = (row, chunk[shaped[row]].split(b","))
-            value = _plain_int(fields[1][col])
-            if value is None:
-                bad[row, col] = True
-            else:
-                values[row, col] = value
-                bad[row, col] = not 0 <= value <= upper[col]
-        fields = None
+    split_lines: dict[int, list[bytes]] = {}  # the few lines looked at field by field
+
+    def field(row: int, col: int) -> bytes:
+        if row not in split_lines:
+            split_lines[row] = chunk[shaped[row]].split(b",")
+        return split_lines[row][col]
+
+    # the rare fields that are not 1 to 3 plain digits (" 7", "0007", "", "1.5"): classify them one by one
+    for row, col in zip(*np.nonzero(irregular), strict=True):
+        value = _plain_int(field(row, col))
+        if value is None:
+            bad[row, col] = True
+        else:
+            values[row, col] = value
+            bad[row, col] = not 0 <= value <= upper[col]
     for row, col in zip(*np.nonzero(bad), strict=True):
-        field_text = chunk[shaped[row]].split(b",")[col].strip().decode("utf-8", "replace")
+        field_text = field(row, col).strip().decode("utf-8", "replace")
         what = "label" if has_labels and col == 0 else "pixel value"
         if field_text.lower().encode() in _MISSING_SPELLINGS:
             kind, message = "missing", f"missing {what}" + (f" ({field_text!r})" if field_text else "")
@@ -234,9 +236,15 @@ def _parse_plain_fields(buffer: np.ndarray, n_fields: int) -> tuple[np.ndarray, 
 
 
 def _plain_int(field: bytes) -> int | None:
-    """The integer a field spells (surrounding spaces and a sign allowed), or None."""
+    """The integer a field spells (surrounding spaces and a sign allowed), else None.
+
+    Numbers of more than ``_MAX_DIGITS`` digits come back as +-10**_MAX_DIGITS: out of range either way,
+    and no huge integer is built from a damaged file.
+    """
     text = field.strip()
-    body = text[1:] if text[:1] in (b"+", b"-") else text
-    if not body.isdigit() or len(body) > _MAX_DIGITS:
-        return None if not body.isdigit() else 10 ** _MAX_DIGITS
+    digits = text[1:] if text[:1] in (b"+", b"-") else text
+    if not digits.isdigit():
+        return None
+    if len(digits) > _MAX_DIGITS:
+        return -(10**_MAX_DIGITS) if text[:1] == b"-" else 10**_MAX_DIGITS
     return int(text)
