@@ -84,7 +84,7 @@ def test_pixels_of_mnist_digits_are_classified(server, mnist_test):
     images, labels = mnist_test
     correct = 0
     for digit, label in zip(images[:30], labels[:30], strict=True):
-        status, body, _ = predict(server, {"pixels": digit.reshape(-1).tolist()})
+        status, body, _ = predict(server, {"pixels": digit.reshape(-1).tolist(), "preview": True})
         assert status == 200, body
         assert set(body) == {"label", "probabilities", "labels", "model", "preview"}
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-4
@@ -100,14 +100,17 @@ def test_pixel_forms_agree(server, mnist_test):
     rows = predict(server, {"pixels": digit.tolist()})[1]
     floats = predict(server, {"pixels": [min(v + 0.2, 255.0) for v in digit.reshape(-1).tolist()]})[1]
     assert flat["probabilities"] == rows["probabilities"] == floats["probabilities"]
-    raw = predict(server, {"pixels": digit.reshape(-1).tolist(), "preprocess": False, "preview": False})[1]
-    assert "preview" not in raw and raw["label"] == flat["label"] == mnist_test[1][0]
+    assert "preview" not in flat  # pixels come back only when asked for
+    raw = predict(server, {"pixels": digit.reshape(-1).tolist(), "preprocess": False})[1]
+    assert raw["label"] == flat["label"] == mnist_test[1][0]
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(digit)).decode()
+    assert "preview" not in predict(server, {"image": data_url, "preview": False})[1]
 
 
 def test_preprocess_false_feeds_the_pixels_unchanged(server, model_path, mnist_test):
     digit = mnist_test[0][1]
     expected = nn.load(model_path).predict_proba(digit.reshape(1, 784).astype(np.float32) / 255)[0]
-    status, body, _ = predict(server, {"pixels": digit.reshape(-1).tolist(), "preprocess": False})
+    status, body, _ = predict(server, {"pixels": digit.reshape(-1).tolist(), "preprocess": False, "preview": True})
     assert status == 200 and body["preview"] == digit.reshape(-1).tolist()
     assert np.allclose(body["probabilities"], expected, atol=1e-5)
 
@@ -376,3 +379,29 @@ def test_server_stops_cleanly(app):
     assert time.perf_counter() - started < 6
     with pytest.raises(OSError):
         http("GET", f"{running.url}/healthz", timeout=2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker ids from Linux /proc")
+def test_serve_with_two_worker_processes(model_path, mnist_test):
+    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        process.stdout.readline()
+        ready = process.stdout.readline()
+        assert "2 processes" in ready, (ready, process.stderr.read() if process.poll() is not None else "")
+        url = ready.split("serving on ")[1].split()[0].rstrip("/")
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(workers) == 2
+        answers = [predict(url, {"pixels": digit.reshape(-1).tolist()}) for digit in mnist_test[0][:20]]
+        assert all(status == 200 for status, _, _ in answers)
+        assert sum(body["label"] == label for (_, body, _), label in zip(answers, mnist_test[1], strict=False)) >= 18
+    finally:
+        process.terminate()  # SIGTERM to the parent stops the workers too
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

@@ -3,12 +3,13 @@
 Routes
 ------
 ``GET /``               the drawing page (plain HTML/JS/CSS from ``templates/`` and ``static/``, no CDN)
-``POST /api/predict``   one image in, ``{"label", "probabilities", "labels", "model", "preview"}`` out; the
+``POST /api/predict``   one image in, ``{"label", "probabilities", "labels", "model", "preview"?}`` out; the
                         image is either a multipart upload (field ``image``), or JSON
                         ``{"pixels": [784 numbers 0..255]}`` (row-major 28×28; add ``"preprocess": false``
                         for pixels already in MNIST form) or ``{"image": "data:image/png;base64,..."}``.
-                        ``"preview"`` is the 28×28 image the network saw, 784 ints row-major (JSON requests
-                        may pass ``"preview": false`` to skip it).
+                        ``"preview"`` is the 28×28 image the network saw, 784 ints row-major: sent for
+                        images, and for pixels when asked (``"preview": true``; programs sending pixels
+                        rarely need their digit back, and it is a third of the answer's cost).
 ``GET /api/model``      what the model is: architecture, accuracy, training date, preprocessing
 ``GET /healthz``        liveness
 
@@ -20,8 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
+import os
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +128,8 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
                   "model": classifier.name}
         if want_preview:
             answer["preview"] = digit.reshape(-1).tolist()
-        return jsonify(answer)
+        # compact separators, no key sorting: this is the hot path under load
+        return app.response_class(json.dumps(answer, separators=(",", ":")), mimetype="application/json")
 
     return app
 
@@ -142,7 +147,7 @@ def _digit_from_request(request) -> tuple[np.ndarray, bool]:
         return _prepare_bytes(upload.read(), f"uploaded file {upload.filename or 'image'!r}"), True
     if content_type == "application/json":
         body = _json_body(request)
-        want_preview = body.get("preview", True)
+        want_preview = body.get("preview", "pixels" not in body)
         if not isinstance(want_preview, bool):
             raise BadInput("'preview' must be true or false")
         if "pixels" in body:
@@ -191,7 +196,7 @@ def _pixels(values) -> np.ndarray:
     if len(values) != _PIXELS:
         raise BadInput(f"'pixels' must hold {_PIXELS} numbers (28×28, row-major), got {len(values)}")
     # exact types: bool is an int subclass, and NumPy would happily turn "12" or true into a number
-    if not all(type(v) is int or type(v) is float for v in values):
+    if not set(map(type, values)) <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
         raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a number 0..255")
     try:
@@ -233,18 +238,85 @@ def _data_url_bytes(url) -> bytes:
 # ------------------------------------------------------------------------------------------- server
 
 
-def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8):
-    """A waitress server for ``app`` bound to ``host:port`` (port 0 picks a free one: ``server.effective_port``).
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8, sockets=None):
+    """A waitress server for ``app`` bound to ``host:port`` (port 0 picks a free one: ``server.effective_port``),
+    or serving already bound ``sockets``.
 
     Call ``server.run()`` to serve (blocks) and ``server.close()`` to stop.
     """
     from waitress import create_server
 
+    where = {"sockets": sockets} if sockets else {"host": host, "port": port}
     # Waitress buffers each body before the app runs; let it take a little more than the app's limit so
     # Flask answers oversize requests with its JSON 413, while waitress still caps memory per request.
-    return create_server(app, host=host, port=port, threads=threads, ident="scratchpilot",
-                         max_request_body_size=4 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
-                         channel_timeout=30)
+    return create_server(app, threads=threads, ident="scratchpilot", max_request_body_size=4 * MAX_BODY_BYTES,
+                         clear_untrusted_proxy_headers=True, channel_timeout=30, **where)
+
+
+def run_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8, workers: int = 1,
+               on_ready=None) -> None:
+    """Serve ``app`` until interrupted (Ctrl+C or SIGTERM).
+
+    Parameters
+    ----------
+    workers : processes serving one shared listening socket. Python runs one thread at a time per
+        process, so a single waitress process uses about one core however many threads it has; forked
+        workers (Linux/macOS) use the others. The model is loaded once, before forking.
+    on_ready : called with the port actually listened on (useful with ``port=0``) once connections
+        are accepted.
+    """
+    import signal
+    import socket
+
+    if workers <= 1:
+        server = make_server(app, host=host, port=port, threads=threads)
+        if on_ready:
+            on_ready(server.effective_port)
+        try:
+            server.run()
+        finally:
+            server.close()
+        return
+    if not hasattr(os, "fork"):
+        raise OSError("more than one worker needs os.fork (Linux or macOS)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=1024)
+    children: list[int] = []
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:  # a worker: serve until the parent says stop, never return into the caller
+                status = 1
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl+C for the group
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    make_server(app, threads=threads, sockets=[listener]).run()
+                    status = 0
+                except Exception:  # say why, then leave: a worker must never return into the caller
+                    traceback.print_exc()
+                finally:
+                    os._exit(status)
+            children.append(pid)
+        signal.signal(signal.SIGTERM, terminate)
+        if on_ready:
+            on_ready(listener.getsockname()[1])
+        pid, status = os.wait()  # returns only if a worker dies: then stop them all, loudly
+        children.remove(pid)
+        raise RuntimeError(f"worker process {pid} exited unexpectedly (status {status}); stopping")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        listener.close()
 
 
 class BackgroundServer:

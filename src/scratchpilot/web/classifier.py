@@ -46,7 +46,7 @@ class DigitClassifier:
         features = to_features(digit.reshape(1, 784))
         with self._lock:
             probabilities = self.model.predict_proba(features)[0]
-        return int(probabilities.argmax()), [round(float(p), 6) for p in probabilities]
+        return int(probabilities.argmax()), np.round(probabilities.astype(np.float64), 6).tolist()
 
     def _describe(self) -> dict:
         model, metadata = self.model, self.model.metadata

@@ -6,6 +6,7 @@ Only argparse is imported here; Flask, waitress and the model load when the comm
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +19,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                                                        "every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    p.add_argument("--threads", type=int, default=4, help="waitress threads per worker process (default 4)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (default 1; one per core for the most requests "
+                        "per second; Linux/macOS)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -37,12 +41,12 @@ def cmd_serve(args) -> int:
 
     try:
         from .. import nn
-        from .app import create_app, make_server
+        from .app import create_app, run_server
     except ModuleNotFoundError as exc:
         raise CommandError(f"serve needs the web extra ({exc.name} is missing): pip install 'scratchpilot[web]'"
                            ) from None
-    if args.threads < 1:
-        raise CommandError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads < 1 or args.workers < 1:
+        raise CommandError(f"--threads and --workers must be at least 1, got {args.threads} and {args.workers}")
     if args.model:
         model_path = args.model
     else:
@@ -55,18 +59,25 @@ def cmd_serve(args) -> int:
         raise CommandError(f"cannot serve: {exc}") from None
     # one image per request: BLAS threads only add hand-over cost, and waitress threads give the parallelism
     nn.set_blas_threads(1)
-    try:
-        server = make_server(app, host=args.host, port=args.port, threads=args.threads)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    # waitress warns "Task queue depth is N" for every request queued behind busy threads: under load that
+    # is one line per request, which costs more than it tells
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     info = app.extensions["scratchpilot_classifier"].info
     accuracy = f", {info['accuracy']:.2%} on {info['accuracy_on']}" if info.get("accuracy") is not None else ""
     print(f"model {model_path} ({info['architecture']}{accuracy})")
-    print(f"serving on http://{_display_host(args.host)}:{server.effective_port}/  (Ctrl+C to stop)", flush=True)
+
+    def ready(port: int) -> None:
+        processes = f"{args.workers} processes × {args.threads} threads" if args.workers > 1 else \
+            f"{args.threads} threads"
+        print(f"serving on http://{_display_host(args.host)}:{port}/  ({processes}; Ctrl+C to stop)", flush=True)
+
     try:
-        server.run()
-    finally:
-        server.close()
+        run_server(app, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
+                   on_ready=ready)
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

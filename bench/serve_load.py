@@ -1,0 +1,242 @@
+"""Load on the digits web server: ``scratchpilot serve`` (waitress) hammered by keep-alive clients.
+
+The server runs as its own process, exactly as a user starts it (``scratchpilot serve --port 0``; BLAS
+limited to one thread), on 127.0.0.1. The load generator is one asyncio process holding ``--clients``
+keep-alive HTTP/1.1 connections, each sending ``POST /api/predict`` with a JSON body
+``{"pixels": [784 numbers]}`` (MNIST test digits, in turn) as soon as its previous answer arrives
+(closed loop), for ``--duration`` seconds after a short warm-up. Reports requests per second, latency
+percentiles (p50/p90/p99/max), errors (any non-200 answer, refused or dropped connection, timeout) and
+how many answers named the digit's true label.
+
+Both processes share this machine's cores, so the client's own CPU use is part of the measurement.
+
+Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 4,8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, RESULTS, ensure_data_env, table, write_result
+
+#: targets from the issue
+TARGET_RPS, TARGET_P99_MS = 500, 50
+COLUMNS = ["workers", "threads", "requests", "req_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors",
+           "correct_fraction", "server_cores", "client_cores", "meets_target"]
+#: answers slower than this count as errors (and stop a stuck run)
+REQUEST_TIMEOUT_S = 10.0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model file (default: the cached default model, trained if missing)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent keep-alive connections (32)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of measured load per run (20)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first (2)")
+    parser.add_argument("--threads", default="4",
+                        help="waitress threads per process; a comma list runs one measurement each (default 4)")
+    parser.add_argument("--workers", default="1,2",
+                        help="server processes; a comma list runs one measurement each (default 1,2)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "serve_load.json", help="where to write results")
+    args = parser.parse_args(argv)
+    for name in ("threads", "workers"):
+        try:
+            setattr(args, name, [int(t) for t in str(getattr(args, name)).split(",")])
+        except ValueError:
+            parser.error(f"--{name} must be integers separated by commas, got {getattr(args, name)!r}")
+    if args.clients < 1 or args.duration <= 0 or min(args.threads) < 1 or min(args.workers) < 1:
+        parser.error("--clients, --duration, --threads and --workers must be positive")
+    return args
+
+
+# ------------------------------------------------------------------------------------------- server
+
+
+def start_server(model: Path, threads: int, workers: int) -> tuple[subprocess.Popen, str]:
+    """``scratchpilot serve`` on a free port of 127.0.0.1; returns the process and its base URL."""
+    command = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())",
+               "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
+               "--workers", str(workers)]
+    # stderr goes to a file: an unread pipe fills up under load and then blocks the server's logging
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process.log = log
+    for line in process.stdout:  # the server prints two lines, the second once it accepts connections
+        if "serving on " in line:
+            return process, line.split("serving on ")[1].split()[0].rstrip("/")
+    process.wait()
+    log.seek(0)
+    raise RuntimeError(f"server did not start: {log.read()[-2000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> str:
+    """Stop the server; returns what it wrote to stderr."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    process.log.seek(0)
+    return process.log.read()
+
+
+# ------------------------------------------------------------------------------------------- client
+
+
+def request_bytes(host: str, port: int, body: bytes) -> bytes:
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def client(host: str, port: int, requests: list[bytes], labels: np.ndarray, offset: int,
+                 stop_at: float, measure_from: float, stats: dict) -> None:
+    """One keep-alive connection sending requests back to back until ``stop_at``."""
+    reader = writer = None
+    i = offset
+    while time.perf_counter() < stop_at:
+        started = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            k = i % len(requests)
+            writer.write(requests[k])
+            status, body = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT_S)
+            ok = status == 200
+            right = ok and json.loads(body)["label"] == labels[k]
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError) as exc:
+            ok, right, status = False, False, type(exc).__name__
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+        finished = time.perf_counter()
+        i += 1
+        if started >= measure_from and finished <= stop_at:
+            stats["latencies"].append(finished - started)
+            stats["correct"] += right
+            if not ok:
+                stats["errors"][str(status)] = stats["errors"].get(str(status), 0) + 1
+    if writer is not None:
+        writer.close()
+
+
+async def load(url: str, requests: list[bytes], labels: np.ndarray, clients: int, warmup: float,
+               duration: float) -> dict:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    requests = [request_bytes(host, int(port), body) for body in requests]
+    stats = {"latencies": [], "errors": {}, "correct": 0}
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+    tasks = [client(host, int(port), requests, labels, c * 7, stop_at, measure_from, stats)
+             for c in range(clients)]
+    # bounded: even if the server hangs, every client gives up REQUEST_TIMEOUT_S after the end
+    await asyncio.wait_for(asyncio.gather(*tasks), warmup + duration + 2 * REQUEST_TIMEOUT_S)
+    return stats
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used by a process and its live children (Linux /proc; NaN elsewhere)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0.0
+        for process in [pid, *map(int, children)]:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    except OSError:
+        return float("nan")
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels: np.ndarray, args) -> dict:
+    process, url = start_server(model, threads, workers)
+    try:
+        server_cpu0, client_cpu0 = cpu_seconds(process.pid), time.process_time()
+        stats = asyncio.run(load(url, bodies, labels, args.clients, args.warmup, args.duration))
+        server_cpu = cpu_seconds(process.pid) - server_cpu0
+        client_cpu = time.process_time() - client_cpu0
+    finally:
+        server_log = stop_server(process)
+    latencies_ms = np.array(stats["latencies"]) * 1e3
+    n = len(latencies_ms)
+    errors = sum(stats["errors"].values())
+    elapsed = args.warmup + args.duration
+    return {
+        "workers": workers,
+        "threads": threads,
+        "clients": args.clients,
+        "seconds": args.duration,
+        "requests": n,
+        "req_per_s": n / args.duration,
+        "p50_ms": float(np.percentile(latencies_ms, 50)) if n else None,
+        "p90_ms": float(np.percentile(latencies_ms, 90)) if n else None,
+        "p99_ms": float(np.percentile(latencies_ms, 99)) if n else None,
+        "max_ms": float(latencies_ms.max()) if n else None,
+        "errors": errors,
+        "error_kinds": stats["errors"],
+        "correct_fraction": stats["correct"] / n if n else None,
+        # cores busy over warm-up + measurement, from CPU time: shows how much the client took
+        "server_cores": server_cpu / elapsed,
+        "client_cores": client_cpu / elapsed,
+        "server_log_tail": server_log[-1000:],
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args([] if argv is None else argv)
+    ensure_data_env()
+    from scratchpilot.data import load_mnist
+
+    if args.model:
+        model = Path(args.model)
+    else:
+        from scratchpilot.digits.models import ensure_default_model
+
+        model = ensure_default_model(progress=True)
+    _, (images, labels) = load_mnist("digits", download=False, progress=False)
+    bodies = [json.dumps({"pixels": digit.reshape(-1).tolist()}).encode() for digit in images[:500]]
+    print(f"model {model}; {args.clients} keep-alive clients, {args.duration:g} s per run "
+          f"(+{args.warmup:g} s warm-up), JSON pixel requests; {os.cpu_count()} CPUs shared by server and client")
+    rows = []
+    for workers, threads in [(w, t) for w in args.workers for t in args.threads]:
+        row = measure(model, workers, threads, bodies, labels[:500], args)
+        row["meets_target"] = (row["req_per_s"] >= TARGET_RPS and row["p99_ms"] is not None
+                               and row["p99_ms"] < TARGET_P99_MS and row["errors"] == 0)
+        rows.append(row)
+        print(table([row], COLUMNS), flush=True)
+    payload = {"benchmark": "serve_load", "model": str(model), "target": {"req_per_s": TARGET_RPS,
+               "p99_ms": TARGET_P99_MS, "errors": 0}, "load_average": os.getloadavg(), "runs": rows}
+    if args.json == RESULTS / "serve_load.json":
+        path = write_result("serve_load", payload)
+    else:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        path = args.json
+    print(f"results: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return 0 if all(row["errors"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
