@@ -113,3 +113,27 @@ def test_draw_a_one_then_upload_an_image(page, artifacts_dir, tmp_path):
     assert probabilities(page)[0] > 0.5
     page.wait_for_timeout(400)  # let the bars' width transition finish before the picture
     page.screenshot(path=str(artifacts_dir / "web-upload-0.png"), full_page=True)
+
+
+def test_draw_with_touch(browser, server, artifacts_dir):
+    """A finger on a touch screen: real touch events (through the DevTools protocol) become pointer events."""
+    context = browser.new_context(viewport={"width": 420, "height": 900}, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(server + "/")
+        box = page.locator("#pad").bounding_box()
+        cdp = context.new_cdp_session(page)
+        x = box["x"] + 0.5 * box["width"]
+        points = [(x + 0.02 * box["width"] * t, box["y"] + box["height"] * (0.15 + 0.7 * t))
+                  for t in (i / 12 for i in range(13))]
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0],
+                                                                                   "y": points[0][1]}]})
+        for px, py in points[1:]:
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": px, "y": py}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        expect(page.locator("#label")).to_have_attribute("data-label", "1")
+        assert page.evaluate("window.scrollY") == 0  # the stroke drew; it did not scroll the page
+        page.wait_for_timeout(400)  # bars' width transition
+        page.screenshot(path=str(artifacts_dir / "web-touch-1-phone.png"), full_page=True)
+    finally:
+        context.close()

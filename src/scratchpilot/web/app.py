@@ -36,6 +36,7 @@ from .classifier import DigitClassifier
 #: the largest request body accepted (a 280×280 canvas PNG is ~10 KB; a reduced phone photo well under this)
 MAX_BODY_BYTES = 2 * 1024 * 1024
 _PIXELS = 28 * 28
+CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'"
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if response.mimetype == "text/html":  # the page: only our own scripts, styles and images
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
     @app.get("/")
