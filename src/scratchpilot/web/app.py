@@ -239,9 +239,9 @@ def _data_url_bytes(url) -> bytes:
 # ------------------------------------------------------------------------------------------- server
 
 
-def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8, sockets=None):
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8, sockets=None, socket_map=None):
     """A waitress server for ``app`` bound to ``host:port`` (port 0 picks a free one: ``server.effective_port``),
-    or serving already bound ``sockets``.
+    or serving already bound ``sockets``; ``socket_map`` is the dict waitress keeps its connections in.
 
     Call ``server.run()`` to serve (blocks) and ``server.close()`` to stop.
     """
@@ -250,8 +250,9 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8
     where = {"sockets": sockets} if sockets else {"host": host, "port": port}
     # Waitress buffers each body before the app runs; let it take a little more than the app's limit so
     # Flask answers oversize requests with its JSON 413, while waitress still caps memory per request.
-    return create_server(app, threads=threads, ident="scratchpilot", max_request_body_size=4 * MAX_BODY_BYTES,
-                         clear_untrusted_proxy_headers=True, channel_timeout=30, **where)
+    return create_server(app, map=socket_map, threads=threads, ident="scratchpilot",
+                         max_request_body_size=4 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
+                         channel_timeout=30, **where)
 
 
 def run_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8, workers: int = 1,
@@ -333,7 +334,8 @@ class BackgroundServer:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
         import threading
 
-        self.server = make_server(app, host=host, port=port, threads=threads)
+        self._socket_map: dict = {}
+        self.server = make_server(app, host=host, port=port, threads=threads, socket_map=self._socket_map)
         self.url = f"http://{host}:{self.server.effective_port}"
         self._thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
 
@@ -345,8 +347,14 @@ class BackgroundServer:
         self.stop()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening, finish the workers, and wait for the serving thread (keep-alive clients may
-        hold it until they disconnect; it is a daemon thread either way)."""
-        self.server.close()
+        """Finish the requests being handled, close the listening socket and every connection, and wait
+        for the serving thread to end."""
         self.server.task_dispatcher.shutdown(timeout=timeout)
+
+        def close_everything():
+            for dispatcher in list(self._socket_map.values()):
+                dispatcher.close()
+
+        # the serving thread owns the sockets: closing them under its select() would fail there (EBADF)
+        self.server.trigger.pull_trigger(close_everything)
         self._thread.join(timeout)
