@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -259,3 +260,11 @@ def test_canvas_drawn_mnist_keeps_accuracy(model, mnist_test):
     canvas_accuracy = float((model.predict(prepared) == labels).mean())
     assert raw_accuracy > 0.9  # the model is real
     assert canvas_accuracy >= raw_accuracy - 0.015, (raw_accuracy, canvas_accuracy)
+
+
+def test_array_input_works_while_pillow_is_half_imported(monkeypatch):
+    # another server thread may be importing Pillow right now: its module exists but has no Image yet
+    import types
+
+    monkeypatch.setitem(sys.modules, "PIL.Image", types.ModuleType("PIL.Image"))
+    assert prepare_digit(np.pad(np.full((20, 6), 255, np.uint8), 4)).shape == (28, 28)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -324,6 +325,30 @@ def test_fuzzed_bodies_never_get_a_5xx(server, mnist_test):
 
 
 # ------------------------------------------------------------------------------------ classifier & CLI
+
+
+def test_classifier_is_safe_from_many_threads(model_path, mnist_test):
+    """Server threads share one model; concurrent calls give exactly the answers of sequential ones."""
+    classifier = DigitClassifier(model_path)
+    images = mnist_test[0][:64]
+    sequential = [classifier.predict(image) for image in images]
+    results: list = [None] * len(images)
+
+    def work(offset: int) -> None:
+        for i in range(offset, len(images), 8):
+            for _ in range(5):
+                answer = classifier.predict(images[i])
+                if results[i] is not None and results[i] != answer:
+                    results[i] = "inconsistent"
+                    return
+                results[i] = answer
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == sequential
 
 
 def test_classifier_rejects_models_that_are_not_digits_models(tmp_path):

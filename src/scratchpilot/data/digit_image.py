@@ -144,8 +144,10 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def _gray_and_alpha(image) -> tuple[np.ndarray, np.ndarray | None]:
     """Grey levels float32 (H, W) in [0, 1] and alpha in [0, 1] (or None when the image has none)."""
-    pil_image = sys.modules.get("PIL.Image")  # an object cannot be a Pillow image unless Pillow is loaded
-    if pil_image is not None and isinstance(image, pil_image.Image):
+    # An object cannot be a Pillow image unless Pillow is loaded, so there is no need to import it here.
+    # The module may be half-initialised while another thread imports it: then it has no Image yet.
+    pil_image_class = getattr(sys.modules.get("PIL.Image"), "Image", None)
+    if pil_image_class is not None and isinstance(image, pil_image_class):
         return _gray_and_alpha_pil(image)
     array = np.asarray(image)
     if array.dtype == np.bool_:

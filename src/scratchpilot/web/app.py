@@ -62,6 +62,7 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
     scratchpilot.nn.ModelFileError
         If the model file is missing, corrupt or not a digits model.
     """
+    import PIL.Image  # noqa: F401 - imported now rather than by the first upload, under concurrent requests
     from flask import Flask, jsonify, render_template, request
     from werkzeug.exceptions import HTTPException, InternalServerError
 
