@@ -225,3 +225,12 @@ def test_import_nn_pulls_in_only_numpy():
 
 def test_cosine_default_half_period():
     assert CosineDecay(10)(5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_schedule_spans_one_fit_call():
+    X = np.zeros((8, 2), dtype=np.float32)
+    y = np.zeros(8, dtype=int)
+    model = Sequential([Dense(2, 2)], optimizer=SGD(lr=0.4, schedule=StepDecay(step_size=1, gamma=0.5)), seed=0)
+    model.fit(X, y, epochs=3, progress=False)
+    model.fit(X, y, epochs=2, progress=False)  # fine-tuning starts the schedule again
+    assert model.history["lr"] == pytest.approx([0.4, 0.2, 0.1, 0.4, 0.2])

@@ -160,10 +160,12 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator, power: float 
     return rng.permutation(np.concatenate(parts))
 
 
-def train_pilot(sessions, *, hidden: int = 128, epochs: int = 12, val_fraction: float = 0.2, seed: int = 0,
-                history_lag: int = 2, spec: dict | None = None, progress: bool = True):
+def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
+                history_lag: int = 2, spec: dict | None = None, progress: bool = True, start_from=None):
     """Train the blog's 3-layer pilot (input → hidden → one output per label) on recorded sessions.
 
+    ``start_from``: a pilot model to continue from (DAgger rounds fine-tune on the grown data set instead
+    of starting again; its preprocessing and history lag are kept).
     Returns ``(model, report)``: the model carries its labels, preprocessing spec and history lag in its
     metadata; the report has the split, class counts and train/validation accuracy.
     """
@@ -179,6 +181,8 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 12, val_fraction: 
     if not opened:
         raise ValueError(f"no sessions found in {', '.join(map(str, sessions))}")
     frame_shape = opened[0].frame_shape
+    if start_from is not None:
+        spec, history_lag = start_from.metadata["preprocessing"], int(start_from.metadata.get("history_lag", 0))
     preprocess = from_spec(spec or default_spec(frame_shape))
     # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
     # blocks of consecutive frames, and hold out whole blocks.
@@ -196,6 +200,11 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 12, val_fraction: 
                           loss=nn.SoftmaxCrossEntropy(),
                           optimizer=nn.Adam(lr=1e-3, weight_decay=1e-4, schedule=nn.CosineDecay(epochs, 0.05)),
                           seed=seed)
+    if start_from is not None:
+        if [layer.config() for layer in start_from.layers] != [layer.config() for layer in model.layers]:
+            raise ValueError("start_from: the pilot to continue from has a different architecture")
+        for (param, _, _), (old, _, _) in zip(model.parameter_pairs(), start_from.parameter_pairs(), strict=True):
+            param[...] = old
     validation = (X[val], y[val]) if val.any() else None
     model.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_data=validation, progress=progress)
     counts = {labels[k]: int(n) for k, n in zip(*np.unique(y, return_counts=True), strict=True)}
@@ -426,54 +435,86 @@ def expert_scores(seeds, progress: bool = False) -> dict:
     return {"tracks": tracks, "mean_score": float(np.mean([t["score"] for t in tracks]))}
 
 
-DEMO_EPISODES = 24
+DEMO_EPISODES = 10  #: expert episodes recorded first
+DEMO_DAGGER_ROUNDS = 3  #: rounds of "the pilot drives, the expert labels, the pilot is fine-tuned"
+DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
+DEMO_EPOCHS, DEMO_FINE_TUNE_EPOCHS = 10, 4
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
 
 
+def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
+                   dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True):
+    """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011): record the expert, train, then
+    ``rounds`` times let the pilot drive new tracks while the expert labels every frame it sees, add those
+    frames and fine-tune. Plain imitation only sees the expert's states; one mistake then leads to frames
+    it never saw. Returns ``(model, report, log of rounds)``."""
+    from .pilot import Pilot
+
+    first = DEMO_TRAIN_SEEDS_START
+    t0 = time.perf_counter()
+    session, recorded = record_expert(root, range(first, first + episodes), progress=progress)
+    history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
+                "scores": [e["score"] for e in recorded]}]
+    log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "
+        f"({history[0]['seconds']:.0f} s)")
+    sessions, next_seed, model = [session], first + episodes, None
+    for r in range(rounds + 1):
+        t1 = time.perf_counter()
+        model, report = train_pilot(sessions, seed=seed, epochs=DEMO_EPOCHS if model is None else DEMO_FINE_TUNE_EPOCHS,
+                                    start_from=model, progress=progress)
+        log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
+            f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
+            f"{time.perf_counter() - t1:.0f} s")
+        if r == rounds:
+            break
+        t2 = time.perf_counter()
+        seeds = range(next_seed, next_seed + dagger_episodes)
+        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress)
+        next_seed += dagger_episodes
+        sessions.append(session)
+        scores = [e["score"] for e in driven]
+        history.append({"round": r, "seconds": time.perf_counter() - t2, "scores": scores,
+                        "validation_accuracy": report["validation_accuracy"]})
+        log(f"    round {r}: the pilot drove tracks {seeds[0]}..{seeds[-1]} (mean score {np.mean(scores):.0f}) "
+            f"while the expert labelled, {time.perf_counter() - t2:.0f} s")
+    return model, report, history
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .pilot import Pilot
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     episodes = args.episodes or DEMO_EPISODES
     t0 = time.perf_counter()
-    timings = {}
-    print(f"1/4 recording the scripted expert on {episodes} training tracks "
-          f"(seeds {DEMO_TRAIN_SEEDS_START}..{DEMO_TRAIN_SEEDS_START + episodes - 1})", flush=True)
-    sessions_root = out / "sessions"
-    session, recorded = record_expert(sessions_root, range(DEMO_TRAIN_SEEDS_START, DEMO_TRAIN_SEEDS_START + episodes))
-    timings["record_s"] = time.perf_counter() - t0
-    print(f"    {sum(e['steps'] for e in recorded):,d} frames in {timings['record_s']:.0f} s -> {session}", flush=True)
-
-    print("2/4 training the pilot (3-layer net) on them", flush=True)
-    t1 = time.perf_counter()
-    model, report = train_pilot([session], seed=args.seed)
+    print(f"1/3 learning to drive: the scripted expert on {episodes} training tracks, then "
+          f"{DEMO_DAGGER_ROUNDS} rounds of the pilot driving while the expert labels (DAgger)", flush=True)
+    model, report, rounds = learn_to_drive(out / "sessions", episodes=episodes, seed=args.seed,
+                                           log=lambda line: print(line, flush=True))
     model_path = out / "pilot.npz"
     model.save(model_path)
-    timings["train_s"] = time.perf_counter() - t1
-    print(f"    validation accuracy {report['validation_accuracy']:.2%} on held-out episodes "
-          f"(majority baseline {report['validation_majority_baseline']:.2%}), {timings['train_s']:.0f} s", flush=True)
+    learn_s = time.perf_counter() - t0
 
     seeds = list(range(args.seed, args.seed + args.tracks))
-    print(f"3/4 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]})", flush=True)
-    t2 = time.perf_counter()
-    from .pilot import Pilot
-
+    print(f"2/3 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]})", flush=True)
+    t1 = time.perf_counter()
     result = drive_sim(Pilot(model), seeds, video=out / "drive.gif")
-    timings["drive_s"] = time.perf_counter() - t2
-    print("4/4 the expert on the same tracks, for comparison", flush=True)
+    drive_s = time.perf_counter() - t1
+    print("3/3 the expert on the same tracks, for comparison", flush=True)
     expert = expert_scores(seeds)
-    timings["total_s"] = time.perf_counter() - t0
+    total_s = time.perf_counter() - t0
     print()
     print(format_drive_table(result, expert))
     results = {"mean_score": result["mean_score"], "expert_mean_score": expert["mean_score"],
                "decide_ms_p99": result["decide_ms_p99"], "decide_ms_p50": result["decide_ms_p50"],
                "loop_hz": result["loop_hz"], "laps_completed": result["laps_completed"],
                "tracks": result["tracks"], "expert_tracks": expert["tracks"], "train_report": report,
-               "timings": timings, "model": str(model_path), "video": result.get("video"),
-               "session": str(session)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+               "learning_rounds": rounds, "timings": {"learn_s": learn_s, "drive_s": drive_s, "total_s": total_s},
+               "model": str(model_path), "video": result.get("video")}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _write_json(args.json, results)
     print(f"\nmodel {model_path}, video {result.get('video')}, results {out / 'results.json'} "
-          f"({timings['total_s'] / 60:.1f} min)")
+          f"({total_s / 60:.1f} min)")
     return 0
 
 

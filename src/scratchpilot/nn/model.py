@@ -226,8 +226,7 @@ class Sequential:
         ``callbacks``: callables ``cb(model, epoch, logs)``; returning True stops training.
         ``threads``: BLAS threads; ``"auto"`` uses one thread for batches up to 256 (faster here).
         ``augment``: ``augment(x_batch, rng) -> x_batch`` applied to every training batch (e.g. shifts).
-        The learning-rate schedule counts epochs over the model's whole history, so calling ``fit`` again
-        continues it.
+        The learning-rate schedule spans this call: a second ``fit`` (fine-tuning) starts it again.
         Returns the :class:`History` (also kept in ``self.history`` and saved with the model).
         """
         X = self._check_X(X)
@@ -251,7 +250,7 @@ class Sequential:
         with _threads.blas_threads(n_threads):
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
-                self.optimizer.start_epoch(epoch)
+                self.optimizer.start_epoch(epoch - start_epoch)
                 order = self.rng.permutation(n) if shuffle else None
                 bar = ProgressBar(n_batches, f"epoch {epoch + 1:>3}/{start_epoch + epochs}") \
                     if progress else None
