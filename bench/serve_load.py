@@ -8,7 +8,12 @@ keep-alive HTTP/1.1 connections, each sending ``POST /api/predict`` with a JSON 
 percentiles (p50/p90/p99/max), errors (any non-200 answer, refused or dropped connection, timeout) and
 how many answers named the digit's true label.
 
-Both processes share this machine's cores, so the client's own CPU use is part of the measurement.
+Both processes share this machine's cores, so the client's own CPU use is part of the measurement;
+``server_cores`` (CPU seconds per wall second) shows how much CPU the server actually got.
+
+Tuning: with the GIL, one waitress process uses about one core whatever its thread count; 4 threads per
+process did best of 1/2/4/8 here (fewer starve while one waits on I/O, more add lock hand-offs), and a
+second worker process (``--workers 2``) is what uses the second core.
 
 Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 4,8]``.
 """
