@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
+from support import wait_until
+
 from scratchpilot import nn  # noqa: E402
 from scratchpilot.car.keyboard import keys_to_label  # noqa: E402
 from scratchpilot.car.pilot import Pilot, SafetyGate  # noqa: E402
@@ -63,13 +65,6 @@ STOP_LIMIT_S = 0.25
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(predicate, timeout_s: float = 3.0, interval_s: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 # ---- a tiny pilot, trained in well under a second -----------------------------------------------

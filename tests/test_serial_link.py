@@ -16,6 +16,7 @@ import pytest
 serial = pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
 from scratchpilot.car.serial_link import (  # noqa: E402
+from support import wait_until
     FAILSAFE_S,
     LABEL_OUTPUTS,
     FakeArduino,
@@ -38,13 +39,6 @@ from scratchpilot.car.serial_link import (  # noqa: E402
 TRANSPORTS = ["tcp", "pty"]
 
 
-def wait_until(predicate, timeout_s: float = 2.0, interval_s: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("PIL", reason="Pillow encodes the frames")
 
 from scratchpilot.car.stream import (  # noqa: E402
+from support import wait_until
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAGIC,
@@ -42,13 +43,6 @@ from scratchpilot.car.stream import (  # noqa: E402
 SIZE = (160, 120)
 
 
-def wait_until(predicate, timeout_s: float = 3.0, interval_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
