@@ -130,15 +130,6 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
         raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """A uint8 (H, W) grey image as PNG bytes (used to show what the network sees)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # ------------------------------------------------------------------------------------------- steps
 
 
