@@ -16,7 +16,6 @@ import pytest
 serial = pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
 from scratchpilot.car.serial_link import (  # noqa: E402
-from support import wait_until
     FAILSAFE_S,
     LABEL_OUTPUTS,
     FakeArduino,
@@ -35,6 +34,7 @@ from support import wait_until
     parse_outputs,
     sequence_newer,
 )
+from support import wait_until  # noqa: E402
 
 TRANSPORTS = ["tcp", "pty"]
 

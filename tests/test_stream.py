@@ -22,7 +22,6 @@ import pytest
 pytest.importorskip("PIL", reason="Pillow encodes the frames")
 
 from scratchpilot.car.stream import (  # noqa: E402
-from support import wait_until
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAGIC,
@@ -39,6 +38,7 @@ from support import wait_until
     pack_header,
     unpack_header,
 )
+from support import wait_until  # noqa: E402
 
 SIZE = (160, 120)
 
