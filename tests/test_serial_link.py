@@ -15,6 +15,8 @@ import pytest
 
 serial = pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
+from support import wait_until  # noqa: E402
+
 from scratchpilot.car.serial_link import (  # noqa: E402
     FAILSAFE_S,
     LABEL_OUTPUTS,
@@ -34,7 +36,6 @@ from scratchpilot.car.serial_link import (  # noqa: E402
     parse_outputs,
     sequence_newer,
 )
-from support import wait_until  # noqa: E402
 
 TRANSPORTS = ["tcp", "pty"]
 

@@ -21,6 +21,8 @@ import pytest
 
 pytest.importorskip("PIL", reason="Pillow encodes the frames")
 
+from support import wait_until  # noqa: E402
+
 from scratchpilot.car.stream import (  # noqa: E402
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
@@ -38,7 +40,6 @@ from scratchpilot.car.stream import (  # noqa: E402
     pack_header,
     unpack_header,
 )
-from support import wait_until  # noqa: E402
 
 SIZE = (160, 120)
 
