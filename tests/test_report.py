@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +22,6 @@ import pytest
 from scratchpilot.cli import main
 from scratchpilot.data import CsvFormatError, read_kaggle_csv, resolve_dataset, to_features, write_kaggle_csv
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 #: MNIST class counts as published in shared/data/README.md (checked there against the official files)
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -34,15 +30,6 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 # ------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    if not CHROMIUM.exists() and not shutil.which("chromium"):
-        pytest.fail("Debian's chromium is missing: `make system-deps` (part of `make test`) installs it")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def render(browser, html_path: Path, screenshot: Path) -> dict:
