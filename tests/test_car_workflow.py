@@ -153,3 +153,18 @@ def test_pilot_refuses_a_digits_model(tmp_path):
     model.save(tmp_path / "m.npz")
     assert main(["car", "drive", "--model", str(tmp_path / "m.npz"), "--sim"]) == 2
     assert load(tmp_path / "m.npz").n_inputs == 4
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The whole main job with tiny settings: expert, one DAgger round, one unseen track."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--episodes", "2", "--rounds", "1", "--dagger-episodes", "1",
+                 "--tracks", "1", "--max-steps", "120", "--json", str(tmp_path / "demo.json")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert json.loads((tmp_path / "demo.json").read_text())["mean_score"] == results["mean_score"]
+    assert {"mean_score", "decide_ms_p99", "loop_hz", "tracks", "expert_mean_score"} <= set(results)
+    assert results["tracks"][0]["steps"] == 120 and len(results["learning_rounds"]) == 2
+    assert (out / "pilot.npz").exists() and (out / "drive.gif").exists()
+    assert load(out / "pilot.npz").metadata["task"] == "pilot"
+    text = capsys.readouterr().out
+    assert "expert mean" in text and "round 1: trained" in text

@@ -94,8 +94,11 @@ def add_parser(subparsers) -> None:
 
     demo = subparsers.add_parser("demo", help="the main job: record an expert, train a pilot, drive unseen tracks")
     demo.add_argument("--out", default="runs/demo", help="keeps sessions, pilot.npz, results.json, drive.gif")
-    demo.add_argument("--episodes", type=int, default=None, help="expert episodes to record")
+    demo.add_argument("--episodes", type=int, help="expert episodes to record first (default 10)")
     demo.add_argument("--tracks", type=int, default=10, help="unseen tracks to drive (default 10)")
+    demo.add_argument("--rounds", type=int, help="DAgger rounds (default 3)")
+    demo.add_argument("--dagger-episodes", type=int, help="tracks per DAgger round (default 8)")
+    demo.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)  # tests: cut every episode short
     demo.add_argument("--seed", type=int, default=0)
     _add_json(demo)
     demo.set_defaults(func=_dispatch("demo"))

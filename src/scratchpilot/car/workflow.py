@@ -161,9 +161,12 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator, power: float 
 
 
 def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
-                history_lag: int = 2, spec: dict | None = None, progress: bool = True, start_from=None):
+                history_lag: int = 2, spec: dict | None = None, progress: bool = True, start_from=None,
+                balance: float = 0.5):
     """Train the blog's 3-layer pilot (input → hidden → one output per label) on recorded sessions.
 
+    ``balance``: rare labels are oversampled so each is drawn in proportion to count**balance (1 = as
+    recorded, 0.5 = square root, 0 = all labels equally often).
     ``start_from``: a pilot model to continue from (DAgger rounds fine-tune on the grown data set instead
     of starting again; its preprocessing and history lag are kept).
     Returns ``(model, report)``: the model carries its labels, preprocessing spec and history lag in its
@@ -192,7 +195,7 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     y = frames.labels
     rng = np.random.default_rng(seed)
     val = split_by_group(frames.groups, val_fraction, rng)
-    train_idx = balanced_indices(y[~val], rng)
+    train_idx = balanced_indices(y[~val], rng, power=balance)
     X_train, y_train = X[~val][train_idx], y[~val][train_idx]
     labels = list(frames.label_names)
     model = nn.Sequential([nn.Dense(X.shape[1], hidden, init="he"), nn.ReLU(), nn.Dropout(0.2),
@@ -443,7 +446,8 @@ DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..
 
 
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
-                   dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True):
+                   dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
+                   max_steps: int | None = None):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011): record the expert, train, then
     ``rounds`` times let the pilot drive new tracks while the expert labels every frame it sees, add those
     frames and fine-tune. Plain imitation only sees the expert's states; one mistake then leads to frames
@@ -452,7 +456,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
 
     first = DEMO_TRAIN_SEEDS_START
     t0 = time.perf_counter()
-    session, recorded = record_expert(root, range(first, first + episodes), progress=progress)
+    session, recorded = record_expert(root, range(first, first + episodes), progress=progress, max_steps=max_steps)
     history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
                 "scores": [e["score"] for e in recorded]}]
     log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "
@@ -469,7 +473,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
             break
         t2 = time.perf_counter()
         seeds = range(next_seed, next_seed + dagger_episodes)
-        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress)
+        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress, max_steps=max_steps)
         next_seed += dagger_episodes
         sessions.append(session)
         scores = [e["score"] for e in driven]
@@ -486,11 +490,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     episodes = args.episodes or DEMO_EPISODES
+    rounds = DEMO_DAGGER_ROUNDS if args.rounds is None else args.rounds
+    dagger_episodes = args.dagger_episodes or DEMO_DAGGER_EPISODES
     t0 = time.perf_counter()
     print(f"1/3 learning to drive: the scripted expert on {episodes} training tracks, then "
-          f"{DEMO_DAGGER_ROUNDS} rounds of the pilot driving while the expert labels (DAgger)", flush=True)
-    model, report, rounds = learn_to_drive(out / "sessions", episodes=episodes, seed=args.seed,
-                                           log=lambda line: print(line, flush=True))
+          f"{rounds} rounds of the pilot driving while the expert labels (DAgger)", flush=True)
+    model, report, learning = learn_to_drive(out / "sessions", episodes=episodes, seed=args.seed,
+                                           rounds=rounds, dagger_episodes=dagger_episodes,
+                                           max_steps=args.max_steps, log=lambda line: print(line, flush=True))
     model_path = out / "pilot.npz"
     model.save(model_path)
     learn_s = time.perf_counter() - t0
@@ -498,7 +505,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed, args.seed + args.tracks))
     print(f"2/3 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]})", flush=True)
     t1 = time.perf_counter()
-    result = drive_sim(Pilot(model), seeds, video=out / "drive.gif")
+    result = drive_sim(Pilot(model), seeds, video=out / "drive.gif", max_steps=args.max_steps)
     drive_s = time.perf_counter() - t1
     print("3/3 the expert on the same tracks, for comparison", flush=True)
     expert = expert_scores(seeds)
@@ -509,7 +516,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                "decide_ms_p99": result["decide_ms_p99"], "decide_ms_p50": result["decide_ms_p50"],
                "loop_hz": result["loop_hz"], "laps_completed": result["laps_completed"],
                "tracks": result["tracks"], "expert_tracks": expert["tracks"], "train_report": report,
-               "learning_rounds": rounds, "timings": {"learn_s": learn_s, "drive_s": drive_s, "total_s": total_s},
+               "learning_rounds": learning, "timings": {"learn_s": learn_s, "drive_s": drive_s, "total_s": total_s},
                "model": str(model_path), "video": result.get("video")}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _write_json(args.json, results)
