@@ -49,11 +49,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sessions", nargs="+", default=["sessions"], help="session folders or roots")
     p.add_argument("--model", default="pilot.npz", help="where to save the pilot (default pilot.npz)")
     p.add_argument("--hidden", type=int, default=128, help="hidden units of the 3-layer net (default 128)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--balance", type=float, default=0.5,
+                   help="oversample rare labels: each drawn in proportion to count**BALANCE (1 = as recorded, "
+                        "0 = all equally often; default 0.5)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of sessions/episodes held out for validation (never single frames)")
-    p.add_argument("--preset", choices=["carracing", "tub", "camera"], help="preprocessing preset "
-                   "(default: from the sessions' source)")
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)
     p.set_defaults(func=_dispatch("train"))

@@ -230,14 +230,10 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    spec = None
-    if args.preset:
-        from .preprocess import default_spec
-
-        spec = default_spec((96, 96, 3)) if args.preset == "carracing" else None
     try:
+        # preprocessing follows the frames: the simulator's crop for 96x96 frames, else block means
         model, report = train_pilot(args.sessions, hidden=args.hidden, epochs=args.epochs,
-                                    val_fraction=args.val_fraction, seed=args.seed, spec=spec)
+                                    val_fraction=args.val_fraction, seed=args.seed, balance=args.balance)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     model.save(args.model)
