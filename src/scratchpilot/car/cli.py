@@ -97,7 +97,7 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--out", default="runs/demo", help="keeps sessions, pilot.npz, results.json, drive.gif")
     demo.add_argument("--episodes", type=int, help="expert episodes to record first (default 10)")
     demo.add_argument("--tracks", type=int, default=10, help="unseen tracks to drive (default 10)")
-    demo.add_argument("--rounds", type=int, help="DAgger rounds (default 3)")
+    demo.add_argument("--rounds", type=int, help="DAgger rounds (default 2)")
     demo.add_argument("--dagger-episodes", type=int, help="tracks per DAgger round (default 8)")
     demo.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)  # tests: cut every episode short
     demo.add_argument("--seed", type=int, default=0)

@@ -425,7 +425,7 @@ def expert_scores(seeds, progress: bool = False) -> dict:
 
 
 DEMO_EPISODES = 10  #: expert episodes recorded first
-DEMO_DAGGER_ROUNDS = 3  #: rounds of "the pilot drives, the expert labels, the pilot is fine-tuned"
+DEMO_DAGGER_ROUNDS = 2  #: rounds of "the pilot drives new tracks, the expert labels, the pilot is retrained"
 DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
 DEMO_EPOCHS = 10
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
