@@ -50,6 +50,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="pilot.npz", help="where to save the pilot (default pilot.npz)")
     p.add_argument("--hidden", type=int, default=128, help="hidden units of the 3-layer net (default 128)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--history-lag", type=int, default=2,
+                   help="also feed the change since this many frames ago, so the net can see motion (0 = off; "
+                        "default 2)")
     p.add_argument("--balance", type=float, default=0.5,
                    help="oversample rare labels: each drawn in proportion to count**BALANCE (1 = as recorded, "
                         "0 = all equally often; default 0.5)")

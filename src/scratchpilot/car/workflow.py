@@ -223,14 +223,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         # preprocessing follows the frames: the simulator's crop for 96x96 frames, else block means
         model, report = train_pilot(args.sessions, hidden=args.hidden, epochs=args.epochs,
-                                    val_fraction=args.val_fraction, seed=args.seed, balance=args.balance)
+                                    val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
+                                    history_lag=args.history_lag)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     model.save(args.model)
     print(f"{report['frames']:,d} frames, labels {report['label_counts']}")
     print(f"train accuracy {report['train_accuracy']:.2%}", end="")
     if report["validation_accuracy"] is not None:
-        print(f", validation accuracy {report['validation_accuracy']:.2%} on held-out episodes "
+        print(f", validation accuracy {report['validation_accuracy']:.2%} on held-out (session, episode[, block]) "
               f"{', '.join(report['validation_groups'])} (majority-class baseline "
               f"{report['validation_majority_baseline']:.2%})")
     else:
