@@ -48,8 +48,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_result(name: str, payload: dict) -> Path:
+def write_result(name: str, payload: dict, also=None) -> Path:
+    """Write ``bench/results/NAME.json`` (with the machine's description), and a copy to ``also`` if given."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    text = json.dumps({"machine": machine(), **payload}, indent=2) + "\n"
+    path.write_text(text)
+    if also:
+        Path(also).write_text(text)
+    print(f"results: {path}" + (f" and {also}" if also else ""))
     return path

@@ -36,12 +36,7 @@ def main(argv=None) -> dict:
         rows.append({"config": name, "test accuracy": f"{acc:.2%}", "train s": seconds, "epochs": config.epochs,
                      "hidden": "-".join(map(str, config.hidden))})
     print(table(rows, ["config", "hidden", "epochs", "test accuracy", "train s"]))
-    path = write_result("accuracy", {"seed": args.seed, "results": results})
-    if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(path.read_text())
-    print(f"results: {path}")
+    write_result("accuracy", {"seed": args.seed, "results": results}, also=args.json)
     return results
 
 

@@ -195,12 +195,7 @@ def main(argv=None) -> dict:
     for batch, e in results["batches"].items():
         print(f"batch {batch}: torch {e['torch_note']}; sgemm {e['sgemm_gflops_at_layer_shapes']:.1f} GFLOP/s at "
               f"the layer shapes, {e['sgemm_gflops_1024']:.1f} GFLOP/s at 1024^3")
-    path = write_result("train_speed", results)
-    if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(path.read_text())
-    print(f"results: {path}")
+    write_result("train_speed", results, also=args.json)
     return results
 
 
