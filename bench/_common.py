@@ -56,5 +56,4 @@ def write_result(name: str, payload: dict, also=None) -> Path:
     path.write_text(text)
     if also:
         Path(also).write_text(text)
-    print(f"results: {path}" + (f" and {also}" if also else ""))
     return path

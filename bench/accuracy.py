@@ -36,7 +36,8 @@ def main(argv=None) -> dict:
         rows.append({"config": name, "test accuracy": f"{acc:.2%}", "train s": seconds, "epochs": config.epochs,
                      "hidden": "-".join(map(str, config.hidden))})
     print(table(rows, ["config", "hidden", "epochs", "test accuracy", "train s"]))
-    write_result("accuracy", {"seed": args.seed, "results": results}, also=args.json)
+    path = write_result("accuracy", {"seed": args.seed, "results": results}, also=args.json)
+    print(f"results: {path}")
     return results
 
 

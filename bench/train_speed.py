@@ -195,7 +195,8 @@ def main(argv=None) -> dict:
     for batch, e in results["batches"].items():
         print(f"batch {batch}: torch {e['torch_note']}; sgemm {e['sgemm_gflops_at_layer_shapes']:.1f} GFLOP/s at "
               f"the layer shapes, {e['sgemm_gflops_1024']:.1f} GFLOP/s at 1024^3")
-    write_result("train_speed", results, also=args.json)
+    path = write_result("train_speed", results, also=args.json)
+    print(f"results: {path}")
     return results
 
 
