@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data._files import atomic_write
 from .sim import LABELS
 
 FORMAT = "scratchpilot-session"
@@ -75,17 +76,9 @@ def _fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, compress=False) as fh:
+        fh.write(data)
+    _fsync_dir(path.parent)  # and the rename itself survives a power cut
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -54,6 +54,8 @@ def atomic_write(path: Path, compress: bool | None = None) -> Iterator[BinaryIO]
                     yield fh
             else:
                 yield raw
+            raw.flush()
+            os.fsync(raw.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
