@@ -169,3 +169,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert load(out / "pilot.npz").metadata["task"] == "pilot"
     text = capsys.readouterr().out
     assert "expert mean" in text and "round 1: trained" in text
+
+
+def test_picked_frames_match_the_stacked_frames(recorded):
+    from scratchpilot.car.recorder import Session
+
+    _, path, _ = recorded
+    session = Session.open(path)
+    positions = np.array([0, 1, 149, 150, 251, 299])  # across chunk and episode boundaries
+    np.testing.assert_array_equal(W.picked_frames([session], positions), session.frames()[positions])

@@ -160,6 +160,28 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator, power: float 
     return rng.permutation(np.concatenate(parts))
 
 
+def open_sessions(items) -> list:
+    """Open every session named by ``items`` (session folders, or folders holding sessions)."""
+    from .recorder import Session, list_sessions
+
+    opened = [Session.open(p) for item in items for p in list_sessions(item)]
+    if not opened:
+        raise ValueError(f"no sessions found in {', '.join(map(str, items))}")
+    return opened
+
+
+def picked_frames(sessions, positions: np.ndarray) -> np.ndarray:
+    """The raw frames at sorted ``positions`` of the sessions' frames stacked in order (as ``load_frames``
+    stacks them), read one chunk at a time so only the picked frames stay in memory."""
+    picked, offset = [], 0
+    for session in sessions:
+        for chunk in session.iter_chunks():
+            local = positions[(positions >= offset) & (positions < offset + len(chunk.frames))] - offset
+            picked.extend(chunk.frames[local])
+            offset += len(chunk.frames)
+    return np.stack(picked)
+
+
 def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
                 history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5):
     """Train the blog's 3-layer pilot (input → hidden → one output per label) on recorded sessions.
@@ -172,14 +194,9 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     from .. import nn
     from .pilot import with_history
     from .preprocess import default_spec, from_spec
-    from .recorder import Session, list_sessions, load_frames
+    from .recorder import load_frames
 
-    opened = []
-    for item in sessions:
-        paths = [Path(item)] if (Path(item) / "manifest.json").exists() else list_sessions(item)
-        opened += [Session.open(p) for p in paths]
-    if not opened:
-        raise ValueError(f"no sessions found in {', '.join(map(str, sessions))}")
+    opened = open_sessions(sessions)
     frame_shape = opened[0].frame_shape
     preprocess = from_spec(spec or default_spec(frame_shape))
     # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
@@ -246,12 +263,9 @@ def check_pilot(pilot, sessions, sheet_path=None, thumbnails: int = 40, seed: in
     """Accuracy and confusion per label of a pilot on sessions, and a contact sheet of predictions."""
     from ..digits.metrics import confusion_matrix, per_class_report
     from .pilot import with_history
-    from .recorder import Session, list_sessions, load_frames
+    from .recorder import load_frames
 
-    opened = []
-    for item in sessions:
-        paths = [Path(item)] if (Path(item) / "manifest.json").exists() else list_sessions(item)
-        opened += [Session.open(p) for p in paths]
+    opened = open_sessions(sessions)
     frames = load_frames(opened, pilot.preprocess)
     X = with_history(frames.features, frames.groups, pilot.history_lag)
     names = list(frames.label_names)
@@ -265,10 +279,7 @@ def check_pilot(pilot, sessions, sheet_path=None, thumbnails: int = 40, seed: in
     if sheet_path:
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(predicted), size=min(thumbnails, len(predicted)), replace=False))
-        raw = []
-        for session in opened:  # fetch the picked raw frames chunk by chunk
-            raw.append(session.frames())
-        raw_frames = np.concatenate(raw)[pick]
+        raw_frames = picked_frames(opened, pick)
         contact_sheet(raw_frames, [names[i] for i in frames.labels[pick]], [names[i] for i in predicted[pick]],
                       sheet_path)
         result["contact_sheet"] = str(sheet_path)
