@@ -9,7 +9,6 @@ keep all of them. See ``bench/train_speed.py``.
 from __future__ import annotations
 
 import contextlib
-import os
 
 #: batches up to this size train with one BLAS thread
 SINGLE_THREAD_MAX_BATCH = 256
@@ -41,6 +40,3 @@ def set_blas_threads(n: int):
 
     return threadpool_limits(limits=n, user_api="blas")
 
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
