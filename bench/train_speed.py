@@ -129,9 +129,14 @@ def time_per_sample(X, y, subset=3000):
 
 
 def sgemm_rate(batch, repeats=200):
-    """GFLOP/s of this machine's sgemm (1 thread) at the three products of one training step."""
+    """GFLOP/s of this machine's sgemm at the products of one training step, with the BLAS thread count
+    that training uses at this batch size (after the same warm-up)."""
     from threadpoolctl import threadpool_limits
 
+    from scratchpilot.nn import threads
+
+    threads.warm_up()
+    n_threads = threads.threads_for_batch(batch)
     rng = np.random.default_rng(0)
     x = rng.random((batch, 784), dtype=np.float32)
     W1, W2 = rng.random((784, HIDDEN), dtype=np.float32), rng.random((HIDDEN, CLASSES), dtype=np.float32)
@@ -139,7 +144,7 @@ def sgemm_rate(batch, repeats=200):
     h = rng.random((batch, HIDDEN), dtype=np.float32)
     products = [lambda: x @ W1, lambda: x.T @ g1, lambda: h @ W2, lambda: h.T @ g2, lambda: g2 @ W2.T]
     flops = 2 * batch * (784 * HIDDEN * 2 + HIDDEN * CLASSES * 3)
-    with threadpool_limits(1, "blas"):
+    with threadpool_limits(n_threads, "blas"):
         for f in products:
             f()
         t0 = time.perf_counter()
@@ -153,7 +158,7 @@ def sgemm_rate(batch, repeats=200):
         for _ in range(5):
             big @ big
         peak = 2 * 1024**3 * 5 / (time.perf_counter() - t0) / 1e9
-    return flops / seconds_per_step / 1e9, seconds_per_step, peak
+    return flops / seconds_per_step / 1e9, seconds_per_step, peak, n_threads
 
 
 def main(argv=None) -> dict:
@@ -171,7 +176,7 @@ def main(argv=None) -> dict:
         torch_s, torch_note = time_torch(X, y, batch, args.repeats)
         sk_s, sk_note = time_sklearn(X, y, batch, max(1, args.repeats - 1))
         loop_s, loop_note = time_per_sample(X, y) if batch == 10 else (None, "run at batch 10 only")
-        rate, step_s, peak = sgemm_rate(batch)
+        rate, step_s, peak, sgemm_threads = sgemm_rate(batch)
         steps = -(-len(y) // batch)
         floor = step_s * steps
         entry = {
@@ -180,6 +185,7 @@ def main(argv=None) -> dict:
             "torch_s": torch_s, "torch_note": torch_note, "sklearn_s": sk_s, "sklearn_note": sk_note,
             "per_sample_loop_s": loop_s, "per_sample_note": loop_note,
             "sgemm_gflops_at_layer_shapes": rate, "sgemm_gflops_1024": peak, "matmul_floor_s": floor,
+            "sgemm_threads": sgemm_threads,
             "speedup_vs_torch": torch_s / ours if torch_s else None,
             "speedup_vs_torch_without_skip": torch_s / ours_dense if torch_s else None,
             "speedup_vs_sklearn": sk_s / ours if sk_s else None,
@@ -193,8 +199,9 @@ def main(argv=None) -> dict:
                          "x scratchpilot": (secs / ours) if secs else None})
     print(table(rows, ["batch", "implementation", "s/epoch", "x scratchpilot"]))
     for batch, e in results["batches"].items():
-        print(f"batch {batch}: torch {e['torch_note']}; sgemm {e['sgemm_gflops_at_layer_shapes']:.1f} GFLOP/s at "
-              f"the layer shapes, {e['sgemm_gflops_1024']:.1f} GFLOP/s at 1024^3")
+        print(f"batch {batch}: torch {e['torch_note']}; sgemm ({e['sgemm_threads']} BLAS threads, as in training) "
+              f"{e['sgemm_gflops_at_layer_shapes']:.1f} GFLOP/s at the layer shapes, "
+              f"{e['sgemm_gflops_1024']:.1f} GFLOP/s at 1024^3")
     path = write_result("train_speed", results, also=args.json)
     print(f"results: {path}")
     return results

@@ -65,17 +65,18 @@ class SoftmaxCrossEntropy(Loss):
         shifted = output - output.max(axis=1, keepdims=True)
         p = np.exp(shifted)
         sums = p.sum(axis=1, keepdims=True)
-        log_sums = np.log(sums)
-        p /= sums
         if target.ndim == 1:
             rows = np.arange(n)
-            loss = float(np.sum(log_sums[:, 0] - shifted[rows, target])) / n
-            p[rows, target] -= 1.0
+            # −log p_y = log Σ e^shifted − shifted_y, summed over the batch
+            loss = (float(np.log(sums).sum()) - float(shifted[rows, target].sum())) / n
+            p *= np.reciprocal(sums * n)  # softmax and the 1/N in one pass
+            p[rows, target] -= 1.0 / n
         else:
             y = target.astype(output.dtype, copy=False)
-            loss = float(np.sum(y * (log_sums - shifted))) / n
+            loss = float(np.sum(y * (np.log(sums) - shifted))) / n
+            p /= sums
             p -= y
-        p /= n
+            p /= n
         return loss, p
 
     def probabilities(self, output):

@@ -245,7 +245,8 @@ class Sequential:
 
         ``early_stopping``: an :class:`EarlyStopping` or a patience in epochs.
         ``callbacks``: callables ``cb(model, epoch, logs)``; returning True stops training.
-        ``threads``: BLAS threads; ``"auto"`` uses one thread for batches up to 256 (faster here).
+        ``threads``: BLAS threads; ``"auto"`` picks by batch size (one under 16, two up to 511: measured
+        fastest here, see :mod:`scratchpilot.nn.threads`).
         ``augment``: ``augment(x_batch, rng) -> x_batch`` applied to every training batch (e.g. shifts).
         The learning-rate schedule spans this call: a second ``fit`` (fine-tuning) starts it again.
         Returns the :class:`History` (also kept in ``self.history`` and saved with the model).
@@ -268,6 +269,7 @@ class Sequential:
         n_threads = _threads.threads_for_batch(batch_size) if threads == "auto" else threads
         start_epoch = len(self.history.get("loss", []))
 
+        _threads.warm_up()
         with _threads.blas_threads(n_threads):
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
