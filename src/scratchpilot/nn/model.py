@@ -116,8 +116,6 @@ class Sequential:
         # Backprop stops at the first layer with parameters: nothing below it needs a gradient.
         with_params = [i for i, layer in enumerate(self.layers) if layer.params]
         self._first_trainable = with_params[0] if with_params else len(self.layers)
-        if with_params and hasattr(self.layers[self._first_trainable], "skip_zero_columns"):
-            self.layers[self._first_trainable].skip_zero_columns = True
         self._check_widths()
 
     # ---------------------------------------------------------------- structure
