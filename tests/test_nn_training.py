@@ -234,3 +234,19 @@ def test_schedule_spans_one_fit_call():
     model.fit(X, y, epochs=3, progress=False)
     model.fit(X, y, epochs=2, progress=False)  # fine-tuning starts the schedule again
     assert model.history["lr"] == pytest.approx([0.4, 0.2, 0.1, 0.4, 0.2])
+
+
+def test_blas_thread_policy_follows_the_batch_size():
+    """One thread below batch 16 (measured faster), at most two up to 511, the library default above."""
+    import os
+
+    from scratchpilot.nn import threads
+
+    assert threads.threads_for_batch(1) == 1
+    assert threads.threads_for_batch(10) == 1
+    assert threads.threads_for_batch(16) == min(2, os.cpu_count() or 1)
+    assert threads.threads_for_batch(511) == min(2, os.cpu_count() or 1)
+    assert threads.threads_for_batch(512) is None
+    threads.warm_up()
+    threads.warm_up()  # once per process: the second call returns at once
+    assert threads._warmed_up

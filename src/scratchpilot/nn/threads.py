@@ -40,7 +40,7 @@ def threads_for_batch(batch_size: int) -> int | None:
 def warm_up() -> None:
     """Run one 384×384 float32 product, once per process (about 3 ms).
 
-    Measured here: until a process has run one product with both sides at least ~350 wide, OpenBLAS runs
+    Measured here: until a process has run one product of roughly 350×350 or larger, OpenBLAS runs
     the batch-64 forward product of a 784×100 layer at 11–19 GFLOP/s instead of 34 (521 µs against
     297 µs per call); after it, every later product is fast, at any thread count. The cause lies inside
     OpenBLAS (it is not page faults, alignment or huge pages); the remedy is cheap, so training pays it.
