@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
                                                        "every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--threads", type=int, default=4, help="waitress threads per worker process (default 4)")
-    # measured with bench/serve_load.py (32 clients, 2 cores): 1 process ~100 req/s, 2 processes ~1,000-1,180
+    # measured with bench/serve_load.py (32 clients, 2 cores): 1 process ~100 req/s, 2 processes ~1,000-1,180.
+    # One process with 2+ request threads spends ~6x the CPU per request (11 ms against 1.9 ms: its threads
+    # fight waitress's I/O thread for the GIL); with 1 thread it serves ~585 req/s. Two processes escape that.
     p.add_argument("--workers", type=int, default=2 if hasattr(os, "fork") else 1,
                    help="server processes sharing the port (default 2 where the OS can fork, else 1; "
                         "about one per core gives the most requests per second)")
