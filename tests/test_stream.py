@@ -88,6 +88,12 @@ class ScriptedServer:
         self._thread.join(timeout=2)
         self.listener.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def good_frames(jpegs, count=10_000, interval_s=0.01, first_sequence=1):
     """A script that streams valid frames until stopped."""
@@ -331,27 +337,21 @@ def test_connection_dropped_mid_frame(jpeg_frames):
         packet = pack_frame(2, time.time_ns(), jpeg_frames[1])
         conn.sendall(packet[:HEADER_SIZE + 100])  # then the server dies
 
-    server = ScriptedServer([half_a_frame, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([half_a_frame, good_frames(jpeg_frames)]) as server:
         with client_for(server.port) as client:
             assert_recovers(client, server)
             assert "closed by the server after 100 of" in client.last_error
             assert client.stats["drops"] >= 1 and client.stats["protocol_errors"] == 0
-    finally:
-        server.close()
 
 
 def test_connection_dropped_inside_the_header(jpeg_frames):
     def half_a_header(conn, stop):
         conn.sendall(pack_frame(1, time.time_ns(), jpeg_frames[0])[:HEADER_SIZE // 2])
 
-    server = ScriptedServer([half_a_header, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([half_a_header, good_frames(jpeg_frames)]) as server:
         with client_for(server.port) as client:
             assert_recovers(client, server)
             assert client.stats["drops"] >= 1
-    finally:
-        server.close()
 
 
 def test_corrupted_header(jpeg_frames):
@@ -362,14 +362,11 @@ def test_corrupted_header(jpeg_frames):
         conn.sendall(bytes(packet) + pack_frame(3, time.time_ns(), jpeg_frames[2]))
         stop.wait(2)
 
-    server = ScriptedServer([corrupted, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([corrupted, good_frames(jpeg_frames)]) as server:
         with client_for(server.port) as client:
             assert_recovers(client, server)
             assert client.stats["protocol_errors"] >= 1
             assert "header CRC mismatch" in client.last_error
-    finally:
-        server.close()
 
 
 def test_not_a_stream_at_all(jpeg_frames):
@@ -377,13 +374,10 @@ def test_not_a_stream_at_all(jpeg_frames):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>hello</html>" * 3)
         stop.wait(2)
 
-    server = ScriptedServer([http_server, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([http_server, good_frames(jpeg_frames)]) as server:
         with client_for(server.port) as client:
             assert_recovers(client, server)
             assert client.stats["protocol_errors"] >= 1
-    finally:
-        server.close()
 
 
 def test_oversized_length_field_is_not_allocated(jpeg_frames):
@@ -392,14 +386,11 @@ def test_oversized_length_field_is_not_allocated(jpeg_frames):
         conn.sendall(header + b"\0" * 1000)
         stop.wait(2)
 
-    server = ScriptedServer([oversized, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([oversized, good_frames(jpeg_frames)]) as server:
         with client_for(server.port, max_payload=256 * 1024) as client:
             assert_recovers(client, server)
             assert client.stats["protocol_errors"] >= 1
             assert "payload length 4294967280 outside 1..262144" in client.last_error
-    finally:
-        server.close()
 
 
 def test_truncated_payload_then_silence_times_out(jpeg_frames):
@@ -408,15 +399,12 @@ def test_truncated_payload_then_silence_times_out(jpeg_frames):
         conn.sendall(packet[:-50])  # the rest never comes, the connection stays open
         stop.wait(5)
 
-    server = ScriptedServer([stalls, good_frames(jpeg_frames)])
-    try:
+    with ScriptedServer([stalls, good_frames(jpeg_frames)]) as server:
         started = time.monotonic()
         with client_for(server.port, stall_timeout_s=0.3) as client:
             assert_recovers(client, server)
             assert time.monotonic() - started < 2.5
             assert client.stats["drops"] >= 1
-    finally:
-        server.close()
 
 
 def test_damaged_jpeg_payload_is_reported_by_the_frame(jpeg_frames):
@@ -424,14 +412,11 @@ def test_damaged_jpeg_payload_is_reported_by_the_frame(jpeg_frames):
         conn.sendall(pack_frame(1, time.time_ns(), b"\xff\xd8" + b"\x00" * 500))
         stop.wait(2)
 
-    server = ScriptedServer([damaged])
-    try:
+    with ScriptedServer([damaged]) as server:
         with client_for(server.port) as client:
             frame = client.wait_frame(timeout_s=2)
             with pytest.raises(StreamProtocolError, match="frame 1: .*not a readable JPEG"):
                 frame.image()
-    finally:
-        server.close()
 
 
 def test_frame_age_comes_from_the_capture_timestamp(jpeg_frames, caplog):
@@ -441,8 +426,7 @@ def test_frame_age_comes_from_the_capture_timestamp(jpeg_frames, caplog):
         conn.sendall(pack_frame(2, time.time_ns() + 2_000_000_000, jpeg_frames[1]))
         stop.wait(2)
 
-    server = ScriptedServer([old_then_future])
-    try:
+    with ScriptedServer([old_then_future]) as server:
         with caplog.at_level(logging.WARNING, logger="scratchpilot.car.stream"), client_for(server.port) as client:
             old = client.wait_frame(timeout_s=2)
             assert 2.9 < old.age_s() < 3.5
@@ -450,8 +434,6 @@ def test_frame_age_comes_from_the_capture_timestamp(jpeg_frames, caplog):
             future = client.wait_frame(timeout_s=2)
             assert future.age_s() < -1.5
             assert wait_until(lambda: "not synchronised" in caplog.text, timeout_s=1)
-    finally:
-        server.close()
 
 
 # ---- hostile clients against the server -----------------------------------------------------------
