@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 
@@ -13,3 +15,52 @@ def wait_until(predicate, timeout_s: float = 3.0, interval_s: float = 0.005) -> 
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+class LoopbackServer:
+    """A TCP server on a free port of 127.0.0.1 that runs :meth:`serve` on a thread per connection.
+
+    Subclasses set their own state before calling ``super().__init__()`` (the accept thread starts there)
+    and implement ``serve(conn, index)``; ``index`` counts connections from 0. ``close`` (or leaving a
+    ``with`` block) stops every connection thread through ``self._stop``.
+    """
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def serve(self, conn: socket.socket, index: int) -> None:
+        raise NotImplementedError
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            index, self.accepted = self.accepted, self.accepted + 1
+            threading.Thread(target=self._serve_and_close, args=(conn, index), daemon=True).start()
+
+    def _serve_and_close(self, conn: socket.socket, index: int):
+        try:
+            self.serve(conn, index)
+        except OSError:
+            pass  # the client hung up first: several tests provoke exactly that
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.listener.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

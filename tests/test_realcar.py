@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
-from support import wait_until
+from support import LoopbackServer, wait_until
 
 from scratchpilot import nn  # noqa: E402
 from scratchpilot.car.keyboard import keys_to_label  # noqa: E402
@@ -129,7 +129,7 @@ class UniformCamera:
 FAULTS = ["dropped mid-frame", "corrupted header", "truncated payload", "oversized length"]
 
 
-class FaultyStream:
+class FaultyStream(LoopbackServer):
     """Streams uniform frames at 24 fps on 127.0.0.1; :meth:`inject` breaks the live connection once.
 
     After a fault the server needs ``recovery_s`` before it sends frames again (a Pi restarting its
@@ -139,15 +139,9 @@ class FaultyStream:
     def __init__(self, brightness: int = BRIGHT, fps: float = 24.0, recovery_s: float = 0.4):
         self.jpeg = uniform_jpeg(brightness)
         self.period, self.recovery_s = 1.0 / fps, recovery_s
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
         self.fault_time: float | None = None
         self._fault: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def set_brightness(self, brightness: int) -> None:
         self.jpeg = uniform_jpeg(brightness)
@@ -159,48 +153,29 @@ class FaultyStream:
         assert wait_until(lambda: self.fault_time is not None, timeout_s=1.0)
         return self.fault_time
 
-    def _accept(self):
+    def serve(self, conn: socket.socket, index: int):
+        if self.fault_time is not None:  # still recovering from the last fault
+            self._stop.wait(max(0.0, self.fault_time + self.recovery_s - time.monotonic()))
+        sequence = 0
         while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
+            sequence += 1
+            packet = pack_frame(sequence, time.time_ns(), self.jpeg)
+            fault, self._fault = self._fault, None
+            if fault is None:
+                conn.sendall(packet)
+                self._stop.wait(self.period)
                 continue
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket):
-        try:
-            if self.fault_time is not None:  # still recovering from the last fault
-                self._stop.wait(max(0.0, self.fault_time + self.recovery_s - time.monotonic()))
-            sequence = 0
-            while not self._stop.is_set():
-                sequence += 1
-                packet = pack_frame(sequence, time.time_ns(), self.jpeg)
-                fault, self._fault = self._fault, None
-                if fault is None:
-                    conn.sendall(packet)
-                    self._stop.wait(self.period)
-                    continue
-                damaged = {
-                    "dropped mid-frame": packet[:HEADER_SIZE + 100],
-                    "corrupted header": packet[:12] + bytes([packet[12] ^ 0xFF]) + packet[13:],
-                    "truncated payload": packet[:-50],
-                    "oversized length": pack_header(sequence, time.time_ns(), 0xFFFF_FFF0) + b"\0" * 1000,
-                }[fault]
-                self.fault_time = time.monotonic()
-                conn.sendall(damaged)
-                # a dropped server closes at once; the others leave the client to notice
-                self._stop.wait({"dropped mid-frame": 0.0, "truncated payload": 1.0}.get(fault, 0.2))
-                return
-        except OSError:
-            pass  # the client hung up: it does so on every bad header
-        finally:
-            conn.close()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.listener.close()
+            damaged = {
+                "dropped mid-frame": packet[:HEADER_SIZE + 100],
+                "corrupted header": packet[:12] + bytes([packet[12] ^ 0xFF]) + packet[13:],
+                "truncated payload": packet[:-50],
+                "oversized length": pack_header(sequence, time.time_ns(), 0xFFFF_FFF0) + b"\0" * 1000,
+            }[fault]
+            self.fault_time = time.monotonic()
+            conn.sendall(damaged)
+            # a dropped server closes at once; the others leave the client to notice
+            self._stop.wait({"dropped mid-frame": 0.0, "truncated payload": 1.0}.get(fault, 0.2))
+            return
 
 
 @pytest.fixture

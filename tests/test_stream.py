@@ -12,7 +12,6 @@ import contextlib
 import logging
 import socket
 import struct
-import threading
 import time
 import zlib
 
@@ -21,7 +20,7 @@ import pytest
 
 pytest.importorskip("PIL", reason="Pillow encodes the frames")
 
-from support import wait_until  # noqa: E402
+from support import LoopbackServer, wait_until  # noqa: E402
 
 from scratchpilot.car.stream import (  # noqa: E402
     DEFAULT_MAX_PAYLOAD,
@@ -52,47 +51,15 @@ def jpeg_frames() -> list[bytes]:
     return [encode_jpeg(camera.render(number)) for number in range(4)]
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Accept connections on 127.0.0.1 and play ``scripts[i]`` (the last one repeats) on the i-th."""
 
     def __init__(self, scripts):
         self.scripts = scripts
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            script = self.scripts[min(self.accepted, len(self.scripts) - 1)]
-            self.accepted += 1
-            threading.Thread(target=self._play, args=(script, conn), daemon=True).start()
-
-    def _play(self, script, conn):
-        try:
-            script(conn, self._stop)
-        except OSError:
-            pass  # the client hung up first: that is what several scripts provoke
-        finally:
-            conn.close()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.listener.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def serve(self, conn, index):
+        self.scripts[min(index, len(self.scripts) - 1)](conn, self._stop)
 
 
 def good_frames(jpegs, count=10_000, interval_s=0.01, first_sequence=1):

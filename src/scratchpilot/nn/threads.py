@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy as np
+
 #: batches smaller than this train with one BLAS thread
 MULTI_THREAD_MIN_BATCH = 16
 #: thread count for mini-batch training (measured on 2 cores; more threads only add synchronisation here)
@@ -48,8 +50,6 @@ def warm_up() -> None:
     global _warmed_up
     if _warmed_up:
         return
-    import numpy as np
-
     a = np.ones((384, 384), dtype=np.float32)
     a @ a
     _warmed_up = True
