@@ -26,15 +26,18 @@ import json
 import logging
 import os
 import traceback
+from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from ..data.digit_image import ImageDecodeError, NothingDrawnError, decode_image, prepare_digit
 from .classifier import DigitClassifier
 
 #: the largest request body accepted (a 280×280 canvas PNG is ~10 KB; a reduced phone photo well under this)
 MAX_BODY_BYTES = 2 * 1024 * 1024
+TOO_LARGE = f"request body too large: the limit is {MAX_BODY_BYTES // 1024 // 1024} MB"
 _PIXELS = 28 * 28
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'"
 
@@ -75,9 +78,7 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
     app.extensions["scratchpilot_classifier"] = classifier
 
     def error(message: str, status: int):
-        response = jsonify(error=message, status=status)
-        response.status_code = status
-        return response
+        return app.response_class(_error_body(message, status), status=status, mimetype="application/json")
 
     @app.errorhandler(BadInput)
     def bad_input(exc: BadInput):
@@ -86,7 +87,7 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 413:
-            return error(f"request body too large: the limit is {MAX_BODY_BYTES // 1024 // 1024} MB", 413)
+            return error(TOO_LARGE, 413)
         if exc.code == 404:
             return error(f"not found: {request.method} {request.path}", 404)
         if exc.code == 405:
@@ -125,15 +126,48 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
     @app.post("/api/predict")
     def predict():
         digit, want_preview = _digit_from_request(request)
-        label, probabilities = classifier.predict(digit)
-        answer = {"label": label, "probabilities": probabilities, "labels": classifier.labels,
-                  "model": classifier.name}
-        if want_preview:
-            answer["preview"] = digit.reshape(-1).tolist()
-        # compact separators, no key sorting: this is the hot path under load
-        return app.response_class(json.dumps(answer, separators=(",", ":")), mimetype="application/json")
+        return app.response_class(_answer(classifier, digit, want_preview), mimetype="application/json")
 
+    # JSON predictions, the hot path under load, skip Flask's request and response objects
+    app.wsgi_app = JsonPredictRoute(app.wsgi_app, classifier)
     return app
+
+
+class JsonPredictRoute:
+    """WSGI middleware answering ``POST /api/predict`` with a JSON body itself; all else goes to Flask.
+
+    Same validation, answers and errors as the Flask route (both call :func:`_digit_from_json` and
+    :func:`_answer`); what it leaves out is Flask's per-request machinery (request context, routing,
+    ``Request``/``Response`` objects, after-request hooks), measured at ~0.3 ms of the ~2 ms of CPU
+    a JSON prediction costs under load.
+    """
+
+    def __init__(self, flask_wsgi_app, classifier: DigitClassifier):
+        self.flask_wsgi_app = flask_wsgi_app
+        self.classifier = classifier
+
+    def __call__(self, environ, start_response):
+        if (environ.get("PATH_INFO") != "/api/predict" or environ.get("REQUEST_METHOD") != "POST"
+                or environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json"):
+            return self.flask_wsgi_app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:  # no length given: Flask knows how to read such a body
+            return self.flask_wsgi_app(environ, start_response)
+        try:
+            if length > MAX_BODY_BYTES:
+                raise BadInput(TOO_LARGE, 413)
+            body = _parse_json(environ["wsgi.input"].read(length) if length > 0 else b"")
+            status, data = 200, _answer(self.classifier, *_digit_from_json(body))
+        except BadInput as exc:
+            status, data = exc.status, _error_body(str(exc), exc.status)
+        except Exception:  # a bug, not bad input: the traceback goes to the log, not to the client
+            log.exception("internal error in %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            status, data = 500, _error_body("internal server error", 500)
+        start_response(f"{status} {HTTPStatus(status).phrase}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                        ("X-Content-Type-Options", "nosniff")])
+        return [data]
 
 
 # ----------------------------------------------------------------------------------------- requests
@@ -148,25 +182,29 @@ def _digit_from_request(request) -> tuple[np.ndarray, bool]:
             raise BadInput("multipart upload has no file field named 'image'")
         return _prepare_bytes(upload.read(), f"uploaded file {upload.filename or 'image'!r}"), True
     if content_type == "application/json":
-        body = _json_body(request)
-        want_preview = body.get("preview", "pixels" not in body)
-        if not isinstance(want_preview, bool):
-            raise BadInput("'preview' must be true or false")
-        if "pixels" in body:
-            preprocess = body.get("preprocess", True)
-            if not isinstance(preprocess, bool):
-                raise BadInput("'preprocess' must be true or false")
-            pixels = _pixels(body["pixels"])
-            if not preprocess:
-                if not pixels.any():
-                    raise BadInput("nothing drawn: all 784 pixels are 0", 422)
-                return pixels, want_preview
-            return _prepare(pixels, "'pixels'"), want_preview
-        if "image" in body:
-            return _prepare_bytes(_data_url_bytes(body["image"]), "'image'"), want_preview
-        raise BadInput(f"JSON body needs 'pixels' or 'image'; got keys {sorted(body)[:5]}")
+        return _digit_from_json(_parse_json(request.get_data(cache=False)))
     raise BadInput(f"unsupported content type {content_type or 'none'!r}: send multipart/form-data "
                    f"(field 'image') or application/json", 415)
+
+
+def _digit_from_json(body: dict) -> tuple[np.ndarray, bool]:
+    """The prepared digit a parsed JSON predict body carries, and whether it wants the preview."""
+    want_preview = body.get("preview", "pixels" not in body)
+    if not isinstance(want_preview, bool):
+        raise BadInput("'preview' must be true or false")
+    if "pixels" in body:
+        preprocess = body.get("preprocess", True)
+        if not isinstance(preprocess, bool):
+            raise BadInput("'preprocess' must be true or false")
+        pixels = _pixels(body["pixels"])
+        if not preprocess:
+            if not pixels.any():
+                raise BadInput("nothing drawn: all 784 pixels are 0", 422)
+            return pixels, want_preview
+        return _prepare(pixels, "'pixels'"), want_preview
+    if "image" in body:
+        return _prepare_bytes(_data_url_bytes(body["image"]), "'image'"), want_preview
+    raise BadInput(f"JSON body needs 'pixels' or 'image'; got keys {sorted(body)[:5]}")
 
 
 def _prepare(image, what: str) -> np.ndarray:
@@ -198,9 +236,14 @@ def _pixels(values) -> np.ndarray:
     if len(values) != _PIXELS:
         raise BadInput(f"'pixels' must hold {_PIXELS} numbers (28×28, row-major), got {len(values)}")
     # exact types: bool is an int subclass, and NumPy would happily turn "12" or true into a number
-    if not set(map(type, values)) <= {int, float}:
+    kinds = set(map(type, values))
+    if not kinds <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
         raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a number 0..255")
+    if kinds == {int}:
+        # the usual request (a canvas or MNIST digit): bytearray takes ints 0..255 only, 6× faster than NumPy
+        with contextlib.suppress(ValueError):  # some int outside 0..255: the general path names it
+            return np.frombuffer(bytearray(values), dtype=np.uint8).reshape(28, 28)
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError:  # an integer beyond float range
@@ -212,16 +255,34 @@ def _pixels(values) -> np.ndarray:
     return np.rint(array).astype(np.uint8).reshape(28, 28)
 
 
-def _json_body(request) -> dict:
-    # parsed here rather than by request.get_json, which lets RecursionError (deeply nested input) escape
-    raw = request.get_data(cache=False)
+def _parse_json(raw: bytes) -> dict:
+    """A request body parsed as a JSON object."""
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and bad UTF-8
-        raise BadInput(f"body is not valid JSON: {exc}"[:300]) from None
+        body = orjson.loads(raw)  # ~12 µs for 784 pixels against ~100 µs for json.loads
+    except orjson.JSONDecodeError:
+        # orjson takes strict JSON only. Python's parser also reads NaN, Infinity and integers beyond 64 bits
+        # (json.dumps writes the first two), which then get an error naming the pixel, not the parser.
+        # json.loads rather than Flask's get_json, which lets RecursionError (deeply nested input) escape.
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and bad UTF-8
+            raise BadInput(f"body is not valid JSON: {exc}"[:300]) from None
     if not isinstance(body, dict):
         raise BadInput('body must be a JSON object: {"pixels": [...]} or {"image": "data:image/png;base64,..."}')
     return body
+
+
+def _answer(classifier: DigitClassifier, digit: np.ndarray, want_preview: bool) -> bytes:
+    """The JSON answer to a prediction: label, probabilities, labels, model and, if asked, the preview."""
+    label, probabilities = classifier.predict(digit)
+    answer = {"label": label, "probabilities": probabilities, "labels": classifier.labels, "model": classifier.name}
+    if want_preview:
+        answer["preview"] = digit.reshape(-1).tolist()
+    return orjson.dumps(answer)
+
+
+def _error_body(message: str, status: int) -> bytes:
+    return orjson.dumps({"error": message, "status": status})
 
 
 def _data_url_bytes(url) -> bytes:
