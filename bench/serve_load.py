@@ -11,11 +11,12 @@ how many answers named the digit's true label.
 Both processes share this machine's cores, so the client's own CPU use is part of the measurement;
 ``server_cores`` (CPU seconds per wall second) shows how much CPU the server actually got.
 
-Tuning: with the GIL, one waitress process uses about one core whatever its thread count; 4 threads per
-process did best of 1/2/4/8 here (fewer starve while one waits on I/O, more add lock hand-offs), and a
-second worker process (``--workers 2``) is what uses the second core.
+Tuning (``scratchpilot serve``'s defaults come from here): with the GIL, one waitress process uses about
+one core whatever its thread count, so a second worker process (``--workers 2``) is what uses the second
+core. Each worker is kept on one CPU (``--no-pin`` turns that off) and the parent hands each connection
+to the worker with the fewest; 2 threads per worker gave the shortest tail of 1/2/4.
 
-Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 4,8]``.
+Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 1,2,4] [--no-pin]``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def parse_args(argv):
     parser.add_argument("--clients", type=int, default=32, help="concurrent keep-alive connections (32)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of measured load per run (20)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first (2)")
-    parser.add_argument("--threads", default="4",
-                        help="waitress threads per process; a comma list runs one measurement each (default 4)")
+    parser.add_argument("--threads", default="2",
+                        help="waitress threads per process; a comma list runs one measurement each (default 2)")
     parser.add_argument("--workers", default="1,2",
                         help="server processes; a comma list runs one measurement each (default 1,2)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="pass --no-pin to the server (workers not kept on one CPU each)")
     parser.add_argument("--json", type=Path, default=RESULTS / "serve_load.json", help="where to write results")
     args = parser.parse_args(argv)
     for name in ("threads", "workers"):
@@ -66,11 +69,11 @@ def parse_args(argv):
 # ------------------------------------------------------------------------------------------- server
 
 
-def start_server(model: Path, threads: int, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int, workers: int, pin: bool = True) -> tuple[subprocess.Popen, str]:
     """``scratchpilot serve`` on a free port of 127.0.0.1; returns the process and its base URL."""
     command = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())",
                "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
-               "--workers", str(workers)]
+               "--workers", str(workers)] + ([] if pin else ["--no-pin"])
     # stderr goes to a file: an unread pipe fills up under load and then blocks the server's logging
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -176,7 +179,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels: np.ndarray, args) -> dict:
-    process, url = start_server(model, threads, workers)
+    process, url = start_server(model, threads, workers, args.pin)
     try:
         server_cpu0, client_cpu0 = cpu_seconds(process.pid), time.process_time()
         stats = asyncio.run(load(url, bodies, labels, args.clients, args.warmup, args.duration))
@@ -191,6 +194,7 @@ def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels
     return {
         "workers": workers,
         "threads": threads,
+        "pinned": args.pin,
         "clients": args.clients,
         "seconds": args.duration,
         "requests": n,

@@ -21,7 +21,7 @@ from web_support import http, multipart, png_bytes, png_claiming, post_json, sma
 
 from scratchpilot import nn
 from scratchpilot.data import load_mnist
-from scratchpilot.web.app import MAX_BODY_BYTES, BackgroundServer, create_app
+from scratchpilot.web.app import MAX_BODY_BYTES, BackgroundServer, JsonPredictRoute, create_app
 from scratchpilot.web.classifier import DigitClassifier
 
 
@@ -145,6 +145,40 @@ def test_flask_test_client_agrees(app, mnist_test):
     client = app.test_client()
     response = client.post("/api/predict", json={"pixels": mnist_test[0][7].reshape(-1).tolist()})
     assert response.status_code == 200 and response.get_json()["label"] == mnist_test[1][7]
+
+
+@pytest.mark.parametrize("body", [
+    "digit", "digit-preview", "digit-raw", b'{"pixels": [0, 1]}', b'{"pixels": [' + b"0, " * 783 + b"NaN]}",
+    b'{"pixels": [' + b"0, " * 783 + b"1" + b"0" * 30 + b"]}", b"[" * 5000 + b"]" * 5000, b"{not json",
+    b'{"pixels": ' + json.dumps([0] * 784).encode() + b"}", b'{"image": "data:image/png;base64,aGVsbG8="}',
+    b'{"pixels": [0], "preview": 1}', b"",
+])
+def test_json_fast_path_answers_exactly_as_the_flask_route(app, mnist_test, body):
+    """JSON predictions skip Flask (:class:`JsonPredictRoute`); both paths give the same answers."""
+    from werkzeug.test import Client
+
+    digit = mnist_test[0][3].reshape(-1).tolist()
+    body = {"digit": {"pixels": digit}, "digit-preview": {"pixels": digit, "preview": True},
+            "digit-raw": {"pixels": digit, "preprocess": False}}.get(body, body)
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    assert isinstance(app.wsgi_app, JsonPredictRoute)
+    fast = Client(app).post("/api/predict", data=body, content_type="application/json")
+    flask = Client(app.wsgi_app.flask_wsgi_app).post("/api/predict", data=body, content_type="application/json")
+    assert (fast.status_code, fast.get_json()) == (flask.status_code, flask.get_json())
+    for response in (fast, flask):
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_bug_on_the_json_fast_path_is_a_logged_500_json(model_path, mnist_test, caplog):
+    from werkzeug.test import Client
+
+    classifier = DigitClassifier(model_path)
+    classifier.predict = lambda digit: 1 / 0
+    response = Client(create_app(model_path, classifier)).post(
+        "/api/predict", json={"pixels": mnist_test[0][0].reshape(-1).tolist()})
+    assert response.status_code == 500 and response.get_json() == {"error": "internal server error", "status": 500}
+    assert "ZeroDivisionError" in caplog.text and "ZeroDivisionError" not in response.get_data(as_text=True)
 
 
 # ------------------------------------------------------------------------------------ bad input, one by one

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -95,3 +99,31 @@ def draw_on_canvas(digit: np.ndarray, rng: np.random.Generator, canvas: int = 28
     top, left = rng.integers(0, canvas - side + 1, size=2)
     light_on_dark[top:top + side, left:left + side] = big
     return 255 - light_on_dark
+
+
+#: the ``scratchpilot`` command, run by this interpreter
+SCRATCHPILOT = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())"]
+
+
+@contextlib.contextmanager
+def serving(*args, env=None):
+    """``scratchpilot serve --port 0 *args`` as a real process; yields (process, base URL).
+
+    Stops it with SIGTERM on leaving (the parent stops its workers) and checks that it exits with 0.
+    """
+    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+    try:
+        process.stdout.readline()
+        ready = process.stdout.readline()
+        assert "serving on " in ready, (ready, process.stderr.read() if process.poll() is not None else "")
+        yield process, ready.split("serving on ")[1].split()[0].rstrip("/")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, process.stderr.read()

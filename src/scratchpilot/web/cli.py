@@ -20,13 +20,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                                                        "every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--threads", type=int, default=4, help="waitress threads per worker process (default 4)")
-    # measured with bench/serve_load.py (32 clients, 2 cores): 1 process ~100 req/s, 2 processes ~1,000-1,180.
-    # One process with 2+ request threads spends ~6x the CPU per request (11 ms against 1.9 ms: its threads
-    # fight waitress's I/O thread for the GIL); with 1 thread it serves ~585 req/s. Two processes escape that.
+    # Measured with bench/serve_load.py (32 clients, this 2-core machine, JSON pixels), see the README:
+    # 2 processes × 2 threads, each process kept on one CPU and handed connections evenly, served
+    # ~1,400-2,100 req/s with p99 31-43 ms. 4 threads gave a longer tail (44-53 ms): every thread of a
+    # process takes turns on one GIL, so more threads only reorder the queue. Unpinned, one process's
+    # threads pass the GIL between cores, which measured 3-10x slower (1 process, 4 threads: ~100 req/s).
+    p.add_argument("--threads", type=int, default=2, help="waitress threads per worker process (default 2)")
     p.add_argument("--workers", type=int, default=2 if hasattr(os, "fork") else 1,
                    help="server processes sharing the port (default 2 where the OS can fork, else 1; "
                         "about one per core gives the most requests per second)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the OS move worker processes between CPUs (default: each worker keeps one CPU)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -77,7 +81,7 @@ def cmd_serve(args) -> int:
 
     try:
         run_server(app, host=args.host, port=args.port, threads=args.threads, workers=args.workers,
-                   on_ready=ready)
+                   on_ready=ready, pin=args.pin)
     except OSError as exc:
         raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     except RuntimeError as exc:
