@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -60,6 +61,24 @@ def connect(url: str) -> http.client.HTTPConnection:
     response = connection.getresponse()
     assert response.status == 200 and b'"ok"' in response.read()
     return connection
+
+
+def test_full_workers_leave_new_connections_waiting(model_path):
+    """Past the per-worker connection limit (here 2) the parent stops accepting until one closes."""
+    command = [sys.executable, "-c", "import sys; import scratchpilot.web.workers as w; w.CONNECTION_LIMIT = 2; "
+                                     "from scratchpilot.cli import main; sys.exit(main())"]
+    with serving("--model", str(model_path), "--workers", "2", command=command) as (process, url):
+        connections = [connect(url) for _ in range(4)]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        waiting = http.client.HTTPConnection(host, int(port), timeout=1)
+        waiting.request("GET", "/healthz")  # the kernel completes the handshake; nobody answers yet
+        with pytest.raises(TimeoutError):
+            waiting.getresponse()
+        connections[0].close()
+        waiting.sock.settimeout(10)
+        assert waiting.getresponse().status == 200
+        for c in [waiting, *connections]:
+            c.close()
 
 
 def allowed_cpus(pid: int) -> str:

@@ -106,12 +106,12 @@ SCRATCHPILOT = [sys.executable, "-c", "import sys; from scratchpilot.cli import 
 
 
 @contextlib.contextmanager
-def serving(*args, env=None):
+def serving(*args, env=None, command=SCRATCHPILOT):
     """``scratchpilot serve --port 0 *args`` as a real process; yields (process, base URL).
 
     Stops it with SIGTERM on leaving (the parent stops its workers) and checks that it exits with 0.
     """
-    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+    process = subprocess.Popen([*command, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
     try:

@@ -7,9 +7,9 @@ and 19/13, and then the clients of the busier worker wait about twice as long. H
 accepts every connection and passes its file descriptor (``SCM_RIGHTS`` over a Unix socket pair) to the
 worker with the fewest open connections, ties in turn.
 
-Bookkeeping is exact without locks: the parent counts what it handed to each worker, each worker
+Bookkeeping needs no locks: the parent counts what it handed to each worker, each worker
 publishes how many of those have closed (an 8-byte slot in shared memory written only by it), and
-open = handed − closed.
+open = handed − closed (an upper bound, at most one turn of the worker's loop old).
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ import select
 import signal
 import socket
 import threading
+import time
 import traceback
+
+#: open connections per worker beyond which the parent stops accepting (waitress's own default limit)
+CONNECTION_LIMIT = 100
 
 
 def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None, pin: bool = True) -> None:
@@ -113,6 +117,10 @@ def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_cou
     handed = [0] * len(handoffs)
     turn = 0
     while True:
+        if min(handed[i] - closed_counts[i] for i in range(len(handoffs))) >= CONNECTION_LIMIT:
+            # every worker is full: leave new connections in the kernel's backlog until one closes
+            time.sleep(0.01)
+            continue
         try:
             select.select([listener], [], [])
             connection, _ = listener.accept()
