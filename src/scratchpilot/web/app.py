@@ -139,8 +139,8 @@ class JsonPredictRoute:
 
     Same validation, answers and errors as the Flask route (both call :func:`_digit_from_json` and
     :func:`_answer`); what it leaves out is Flask's per-request machinery (request context, routing,
-    ``Request``/``Response`` objects, after-request hooks), measured at ~0.3 ms of the ~2 ms of CPU
-    a JSON prediction costs under load.
+    ``Request``/``Response`` objects, after-request hooks). Measured at 32 clients: 918 → 1,399 req/s,
+    the server's CPU per JSON prediction down from 1.97 to 1.26 ms.
     """
 
     def __init__(self, flask_wsgi_app, classifier: DigitClassifier):
