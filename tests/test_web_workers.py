@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from support import wait_until
-from web_support import serving, small_model_path
+from web_support import SCRATCHPILOT, serving, small_model_path
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux /proc")
 
@@ -125,3 +127,21 @@ def test_each_worker_keeps_one_cpu_unless_told_not_to(model_path):
     with serving("--model", str(model_path), "--workers", "1", "--threads", "2") as (process, url):
         assert allowed_cpus(process.pid) == str(cpus[0])
         assert connect(url)
+
+
+def test_a_dead_worker_stops_the_server_loudly(model_path):
+    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        process.stdout.readline()
+        assert "serving on" in process.stdout.readline()
+        workers = workers_of(process)
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2 and f"worker process {workers[0]} exited unexpectedly" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert wait_until(lambda: not Path(f"/proc/{workers[1]}").exists())  # the other worker was stopped too

@@ -14,6 +14,7 @@ open = handed − closed (an upper bound, at most one turn of the worker's loop 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import mmap
 import os
@@ -55,6 +56,7 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
     cpus = usable_cpus() if pin else []
     children: list[int] = []
     handoffs: list[socket.socket] = []
+    accept_failure: list[BaseException] = []
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -84,15 +86,23 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
             children.append(pid)
             handoffs.append(parent_end)
         signal.signal(signal.SIGTERM, terminate)
-        threading.Thread(target=_hand_out, args=(listener, handoffs, closed_counts), name="accept",
-                         daemon=True).start()
+
+        def accept() -> None:
+            try:
+                _hand_out(listener, handoffs, closed_counts)
+            except Exception as exc:  # a bug: stop the server rather than leave it up and deaf
+                accept_failure.append(exc)
+                _thread.interrupt_main()
+
+        threading.Thread(target=accept, name="accept", daemon=True).start()
         if on_ready:
             on_ready(listener.getsockname()[1])
         pid, status = os.wait()  # returns only if a worker dies: then stop them all, loudly
         children.remove(pid)
         raise RuntimeError(f"worker process {pid} exited unexpectedly (status {status}); stopping")
     except KeyboardInterrupt:
-        pass
+        if accept_failure:
+            raise RuntimeError(f"accepting connections failed: {accept_failure[0]!r}") from accept_failure[0]
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -168,11 +178,15 @@ def _serve_handed_connections(make_server, listener, handoff, closed_counts, ind
         def handle_read(self) -> None:
             while True:
                 try:
-                    _, fds, _, _ = socket.recv_fds(self.socket, 1, 1)
+                    message, fds, _, _ = socket.recv_fds(self.socket, 1, 1)
                 except (BlockingIOError, InterruptedError):
                     return
+                if not message:
+                    return
+                # one message per connection the parent counted, even if its descriptor did not arrive (a
+                # worker out of file descriptors gets the message without it, and the client a reset)
+                self.adopted += 1
                 for fd in fds:
-                    self.adopted += 1
                     connection = socket.socket(fileno=fd)
                     try:
                         address = connection.getpeername()
