@@ -11,6 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +31,14 @@ def model_path(tmp_path_factory, shared_data) -> Path:
 
 def workers_of(process) -> list[int]:
     return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie waits only for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -144,4 +155,62 @@ def test_a_dead_worker_stops_the_server_loudly(model_path):
             process.kill()
     assert process.returncode == 2 and f"worker process {workers[0]} exited unexpectedly" in stderr, stderr
     assert "Traceback" not in stderr
-    assert wait_until(lambda: not Path(f"/proc/{workers[1]}").exists())  # the other worker was stopped too
+    assert not running(workers[1])  # the other worker was stopped too
+
+
+#: a server whose one route takes 1 s: run_server with N workers in a real process, printing its port
+SLOW_SERVER = """
+import sys, time
+from scratchpilot.web.app import run_server
+def app(environ, start_response):
+    time.sleep(1.0)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+    return [b"finished"]
+run_server(app, port=0, threads=2, workers=int(sys.argv[1]), on_ready=lambda port: print(port, flush=True))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_lets_running_requests_answer(workers):
+    """Answers are buffered until waitress's loop sends them, so stopping must still send what finished."""
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, str(workers)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stdout.readline())
+        answers = []
+        client = threading.Thread(target=lambda: answers.append(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()))
+        client.start()
+        time.sleep(0.3)  # the request is running
+        process.terminate()
+        client.join(10)
+        assert answers == [b"finished"]
+        assert process.wait(timeout=10) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_workers_leave_when_their_parent_is_killed(model_path):
+    """A SIGKILLed parent cannot stop its workers; they notice and leave, freeing the port."""
+    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        process.stdout.readline()
+        url = process.stdout.readline().split("serving on ")[1].split()[0].rstrip("/")
+        assert connect(url) and connect(url)
+        workers = workers_of(process)
+        process.kill()
+        process.wait(timeout=10)
+        assert wait_until(lambda: not any(running(pid) for pid in workers), timeout_s=10)
+        port = int(url.rsplit(":", 1)[1])
+
+        def listened_on() -> bool:
+            return any(int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"
+                       for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+
+        assert wait_until(lambda: not listened_on(), timeout_s=5)  # the port is released
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -26,8 +26,8 @@ import functools
 import json
 import logging
 import os
+import reprlib
 import signal
-from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +144,12 @@ class JsonPredictRoute:
     """
 
     def __init__(self, flask_wsgi_app, classifier: DigitClassifier):
+        from werkzeug.http import HTTP_STATUS_CODES
+
         self.flask_wsgi_app = flask_wsgi_app
         self.classifier = classifier
+        # status lines exactly as Flask writes them: "400 BAD REQUEST"
+        self.reasons = {code: phrase.upper() for code, phrase in HTTP_STATUS_CODES.items()}
 
     def __call__(self, environ, start_response):
         if (environ.get("PATH_INFO") != "/api/predict" or environ.get("REQUEST_METHOD") != "POST"
@@ -165,7 +169,7 @@ class JsonPredictRoute:
         except Exception:  # a bug, not bad input: the traceback goes to the log, not to the client
             log.exception("internal error in %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             status, data = 500, _error_body("internal server error", 500)
-        start_response(f"{status} {HTTPStatus(status).phrase}",
+        start_response(f"{status} {self.reasons.get(status, 'UNKNOWN')}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                         ("X-Content-Type-Options", "nosniff")])
         return [data]
@@ -240,7 +244,7 @@ def _pixels(values) -> np.ndarray:
     kinds = set(map(type, values))
     if not kinds <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
-        raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a number 0..255")
+        raise BadInput(f"'pixels'[{i}] is {_short_repr(values[i])}: every pixel must be a number 0..255")
     if kinds == {int}:
         # the usual request (a canvas or MNIST digit): bytearray takes ints 0..255 only, 6× faster than NumPy
         with contextlib.suppress(ValueError):  # some int outside 0..255: the general path names it
@@ -252,8 +256,14 @@ def _pixels(values) -> np.ndarray:
     bad = ~((array >= 0) & (array <= 255))  # NaN (JSON NaN parses) fails both comparisons
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise BadInput(f"'pixels'[{i}] is {values[i]!r}: every pixel must be a finite number in 0..255")
+        raise BadInput(f"'pixels'[{i}] is {_short_repr(values[i])}: every pixel must be a finite number in 0..255")
     return np.rint(array).astype(np.uint8).reshape(28, 28)
+
+
+def _short_repr(value) -> str:
+    """``repr`` cut to a few dozen characters and nesting levels (a pixel may be a 1,000-deep list or a 1 MB
+    string: plain repr would recurse too deep, or echo it all back)."""
+    return reprlib.repr(value)
 
 
 def _parse_json(raw: bytes) -> dict:
@@ -261,8 +271,8 @@ def _parse_json(raw: bytes) -> dict:
     try:
         body = orjson.loads(raw)  # ~12 µs for 784 pixels against ~100 µs for json.loads
     except orjson.JSONDecodeError:
-        # orjson takes strict JSON only. Python's parser also reads NaN, Infinity and integers beyond 64 bits
-        # (json.dumps writes the first two), which then get an error naming the pixel, not the parser.
+        # orjson takes strict JSON only. Python's parser also reads NaN, Infinity and numbers beyond a double's
+        # range (json.dumps writes the first two), which then get an error naming the pixel, not the parser.
         # json.loads rather than Flask's get_json, which lets RecursionError (deeply nested input) escape.
         try:
             body = json.loads(raw)
@@ -339,7 +349,7 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8,
         share one GIL, and handing it between threads on different cores costs far more (measured with
         4 threads: ~100 req/s spread over 2 cores against ~970 on one).
     """
-    from .workers import serve_workers, usable_cpus
+    from .workers import serve_until_stopped, serve_workers, stop_on_signal, usable_cpus
 
     if workers > 1:
         serve_workers(functools.partial(make_server, app, threads=threads), workers, host, port, on_ready, pin)
@@ -347,18 +357,17 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8,
     if pin and usable_cpus():  # before waitress starts its threads, which inherit it
         # measured: one process with 4 threads served ~100 req/s spread over 2 cores, ~970 kept on one
         os.sched_setaffinity(0, {usable_cpus()[0]})
-    server = make_server(app, host=host, port=port, threads=threads)
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt  # waitress's run() ends on it after finishing the running requests
-
-    signal.signal(signal.SIGTERM, terminate)  # a service manager's stop, like Ctrl+C: exit status 0
+    socket_map: dict = {}
+    server = make_server(app, host=host, port=port, threads=threads, socket_map=socket_map)
+    # a service manager's stop, like Ctrl+C: running requests finish, their answers go out, exit status 0
+    previous = signal.signal(signal.SIGTERM, stop_on_signal)
     if on_ready:
         on_ready(server.effective_port)
     try:
-        server.run()
+        serve_until_stopped(server, socket_map)
     finally:
         server.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 class BackgroundServer:

@@ -14,8 +14,9 @@ open = handed − closed (an upper bound, at most one turn of the worker's loop 
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import errno
+import logging
 import mmap
 import os
 import select
@@ -27,6 +28,11 @@ import traceback
 
 #: open connections per worker beyond which the parent stops accepting (waitress's own default limit)
 CONNECTION_LIMIT = 100
+#: at shutdown: how long answers already computed may take to go out, and how long workers get to exit
+DRAIN_S = 2.0
+STOP_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None, pin: bool = True) -> None:
@@ -54,12 +60,21 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
     listener = socket.create_server((host, port), family=family, backlog=1024)
     closed_counts = memoryview(mmap.mmap(-1, 8 * workers)).cast("q")  # shared with the children after fork
     cpus = usable_cpus() if pin else []
+    parent = os.getpid()
     children: list[int] = []
     handoffs: list[socket.socket] = []
     accept_failure: list[BaseException] = []
+    stopping = threading.Event()
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def terminate(signum, frame):
-        raise KeyboardInterrupt
+    def accept() -> None:
+        # signals are the main thread's to handle: there they interrupt os.wait() below
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            _hand_out(listener, handoffs, closed_counts, stopping)
+        except Exception as exc:  # a bug or an unexpected error: stop the server rather than leave it deaf
+            accept_failure.append(exc)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
     try:
         for index in range(workers):
@@ -70,13 +85,13 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
                 status = 1
                 try:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl+C for the group
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, stop_on_signal)  # from the parent: finish, send, then leave
                     parent_end.close()
                     for other in handoffs:
                         other.close()
                     if cpus:  # before waitress starts its threads, which inherit it
                         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
-                    _serve_handed_connections(make_server, listener, worker_end, closed_counts, index)
+                    _serve_handed_connections(make_server, listener, worker_end, closed_counts, index, parent)
                     status = 0
                 except Exception:  # say why, then leave: a worker must never return into the caller
                     traceback.print_exc()
@@ -85,15 +100,7 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
             worker_end.close()
             children.append(pid)
             handoffs.append(parent_end)
-        signal.signal(signal.SIGTERM, terminate)
-
-        def accept() -> None:
-            try:
-                _hand_out(listener, handoffs, closed_counts)
-            except Exception as exc:  # a bug: stop the server rather than leave it up and deaf
-                accept_failure.append(exc)
-                _thread.interrupt_main()
-
+        signal.signal(signal.SIGTERM, stop_on_signal)
         threading.Thread(target=accept, name="accept", daemon=True).start()
         if on_ready:
             on_ready(listener.getsockname()[1])
@@ -104,17 +111,48 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
         if accept_failure:
             raise RuntimeError(f"accepting connections failed: {accept_failure[0]!r}") from accept_failure[0]
     finally:
+        # a second Ctrl+C or SIGTERM must not cut the clean-up short and leave workers behind
+        for sig in previous_handlers:
+            signal.signal(sig, signal.SIG_IGN)
+        stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # no new connections; wakes the accepting thread, which ends
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which then ends
+        _reap(children, timeout_s=STOP_TIMEOUT_S)
         listener.close()
         for handoff in handoffs:
             handoff.close()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+def stop_on_signal(signum, frame):
+    """A signal handler (SIGTERM): stop as Ctrl+C does; waitress's ``run()`` and :func:`serve_workers` end
+    cleanly on it."""
+    raise KeyboardInterrupt
+
+
+def _reap(children: list[int], timeout_s: float) -> None:
+    """Wait for the worker processes to exit; kill those still running after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    waiting, killed = set(children), False
+    while waiting:
+        for pid in list(waiting):
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0]
+            except ChildProcessError:  # already reaped
+                done = pid
+            if done:
+                waiting.discard(pid)
+        if waiting and not killed and time.monotonic() > deadline:
+            for pid in waiting:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed = True
+        if waiting:
+            time.sleep(0.01)
 
 
 def usable_cpus() -> list[int]:
@@ -122,11 +160,14 @@ def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
 
 
-def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_counts) -> None:
-    """Parent: accept connections for ever, giving each to the worker with the fewest open ones."""
+def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_counts, stopping) -> None:
+    """Parent: accept connections until ``stopping`` is set, giving each to the worker with the fewest open.
+
+    Raises whatever ends it otherwise (the caller stops the server).
+    """
     handed = [0] * len(handoffs)
     turn = 0
-    while True:
+    while not stopping.is_set():
         if min(handed[i] - closed_counts[i] for i in range(len(handoffs))) >= CONNECTION_LIMIT:
             # every worker is full: leave new connections in the kernel's backlog until one closes
             time.sleep(0.01)
@@ -137,20 +178,36 @@ def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_cou
         except (BlockingIOError, InterruptedError):
             # the workers' waitress made the shared socket non-blocking: wait again
             continue
-        except (OSError, ValueError):  # the listener was shut down or closed: the server is stopping
-            return
+        except (OSError, ValueError) as exc:
+            if stopping.is_set():  # the listener was shut down or closed
+                return
+            if getattr(exc, "errno", None) in _RETRY_ACCEPT:  # that client gave up, or no descriptor is free
+                time.sleep(0.01 if exc.errno not in _OUT_OF_DESCRIPTORS else 0.1)
+                continue
+            raise
         with connection:  # the parent's copy is closed once the worker holds its own
             n = len(handoffs)
             best = min(range(n), key=lambda i: (handed[i] - closed_counts[i], (i - turn) % n))
             turn = (best + 1) % n
             try:
+                # blocks if that worker has 10 connections not yet taken in (Linux's datagram queue)
                 socket.send_fds(handoffs[best], [b"c"], [connection.fileno()])
-            except OSError:  # that worker is gone; the main thread is stopping the server
-                return
+            except OSError:
+                if stopping.is_set():
+                    return
+                raise  # that worker is gone (the main thread sees it exit too)
             handed[best] += 1
 
 
-def _serve_handed_connections(make_server, listener, handoff, closed_counts, index: int) -> None:
+#: errors of accept() that concern one connection or a passing shortage, after which accepting goes on
+#: (Linux's accept(2) asks callers to retry on the network errors it passes through)
+_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_RETRY_ACCEPT = _OUT_OF_DESCRIPTORS | {getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH", "EOPNOTSUPP",
+    "ENETUNREACH", "ETIMEDOUT") if hasattr(errno, name)}
+
+
+def _serve_handed_connections(make_server, listener, handoff, closed_counts, index: int, parent: int) -> None:
     """Worker: a waitress server fed with the connections the parent hands over."""
     from waitress import wasyncore
 
@@ -168,7 +225,11 @@ def _serve_handed_connections(make_server, listener, handoff, closed_counts, ind
             self.fixed = len(socket_map)  # the listener, waitress's trigger and this: not connections
 
         def readable(self) -> bool:
-            # called on every turn of waitress's loop, so the count the parent reads is at most one turn old
+            # called on every turn of waitress's loop (at least once a second), so the count the parent
+            # reads is at most one turn old, and a worker whose parent was killed leaves within a second
+            # rather than keep the port open with nobody accepting
+            if os.getppid() != parent:
+                raise SystemExit
             closed_counts[index] = self.adopted - (len(socket_map) - self.fixed)
             return True
 
@@ -187,14 +248,37 @@ def _serve_handed_connections(make_server, listener, handoff, closed_counts, ind
                 # worker out of file descriptors gets the message without it, and the client a reset)
                 self.adopted += 1
                 for fd in fds:
-                    connection = socket.socket(fileno=fd)
-                    try:
-                        address = connection.getpeername()
-                        server.set_socket_options(connection)
-                    except OSError:  # the client left before it was adopted
-                        connection.close()
-                        continue
-                    server.channel_class(server, connection, address, server.adj, map=socket_map)
+                    self.adopt(socket.socket(fileno=fd))
+
+        def adopt(self, connection: socket.socket) -> None:
+            try:
+                address = connection.getpeername()
+                server.set_socket_options(connection)
+                server.channel_class(server, connection, address, server.adj, map=socket_map)
+            except OSError:  # the client left before it was adopted
+                connection.close()
+            except Exception:  # never let one connection take down the hand-over (waitress would close it)
+                log.exception("could not adopt a connection")
+                connection.close()
 
     HandedConnections()
+    serve_until_stopped(server, socket_map)
+
+
+def serve_until_stopped(server, socket_map: dict, drain_s: float = DRAIN_S) -> None:
+    """Run a waitress server until KeyboardInterrupt or SystemExit, then send the answers it still holds.
+
+    Waitress's ``run()`` lets the running requests finish, but only its loop sends, and that has stopped by
+    then; answers are buffered (see ``make_server``), so they would be lost without this.
+    """
+    from waitress import wasyncore
+
     server.run()
+    deadline = time.monotonic() + drain_s
+    while time.monotonic() < deadline:
+        # only the channels with something to send: nothing new is read or accepted
+        pending = {fd: channel for fd, channel in list(socket_map.items())
+                   if getattr(channel, "total_outbufs_len", 0)}
+        if not pending:
+            return
+        wasyncore.poll(0.05, pending)
