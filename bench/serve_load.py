@@ -176,33 +176,37 @@ class KeepAliveClient(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self.started is not None:  # the server closed the connection with a request unanswered
             self.record(type(exc).__name__ if exc else "connection closed", False)
+            self.started = None  # counted once: the watchdog must not time it out again
         if not self.closed.done():
             self.closed.set_result(None)
 
 
 async def client(host: str, port: int, requests: list[bytes], labels: np.ndarray, offset: int, run: dict,
-                 stats: dict, connections: list) -> None:
+                 stats: dict, connections: set) -> None:
     """Keep one connection busy until the end, reconnecting after errors."""
     loop = asyncio.get_running_loop()
     while time.perf_counter() < run["stop_at"]:
         try:
-            _, protocol = await loop.create_connection(
-                functools.partial(KeepAliveClient, requests, labels, offset, run, stats), host, port)
-        except OSError as exc:
-            stats["errors"][type(exc).__name__] = stats["errors"].get(type(exc).__name__, 0) + 1
+            _, protocol = await asyncio.wait_for(loop.create_connection(
+                functools.partial(KeepAliveClient, requests, labels, offset, run, stats), host, port),
+                REQUEST_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            if time.perf_counter() >= run["measure_from"]:
+                stats["errors"][type(exc).__name__] = stats["errors"].get(type(exc).__name__, 0) + 1
             await asyncio.sleep(0.01)
             continue
-        connections.append(protocol)
+        connections.add(protocol)
         await protocol.closed
+        connections.discard(protocol)
         offset = protocol.i + 1
 
 
-async def watchdog(connections: list, run: dict) -> None:
+async def watchdog(connections: set, run: dict) -> None:
     """Once a second, time out requests unanswered for REQUEST_TIMEOUT_S (one timer, not one per request)."""
     while True:
         await asyncio.sleep(1.0)
         now = time.perf_counter()
-        for protocol in connections:
+        for protocol in list(connections):
             if protocol.started is not None and now - protocol.started > REQUEST_TIMEOUT_S:
                 protocol.fail("TimeoutError")
 
@@ -214,7 +218,7 @@ async def load(url: str, requests: list[bytes], labels: np.ndarray, clients: int
     stats = {"latencies": [], "errors": {}, "correct": 0}
     start = time.perf_counter()
     run = {"measure_from": start + warmup, "stop_at": start + warmup + duration}
-    connections: list = []
+    connections: set = set()  # the open ones
     guard = asyncio.ensure_future(watchdog(connections, run))
     tasks = [client(host, int(port), requests, labels, c * 7, run, stats, connections) for c in range(clients)]
     try:
