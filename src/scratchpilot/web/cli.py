@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     # Measured with bench/serve_load.py (32 clients, this 2-core machine, JSON pixels), see the README:
     # 2 processes x 2 threads, each process kept on one CPU and handed connections evenly, served
-    # 1,590-1,890 req/s with p99 30-38 ms; 1 or 4 threads gave p99 36 and 42 ms in the same run (every
+    # 1,590-2,120 req/s with p99 28-41 ms; 1 or 4 threads gave p99 36 and 42 ms in a paired run (every
     # thread of a process takes turns on one GIL, so threads only reorder its queue). Unpinned, one
     # process's threads pass the GIL between cores: 1 process with 4 threads served ~100 req/s, ~970 pinned.
     p.add_argument("--threads", type=int, default=2, help="waitress threads per worker process (default 2)")
