@@ -55,5 +55,6 @@ def write_result(name: str, payload: dict, also=None) -> Path:
     text = json.dumps({"machine": machine(), **payload}, indent=2) + "\n"
     path.write_text(text)
     if also:
+        Path(also).parent.mkdir(parents=True, exist_ok=True)
         Path(also).write_text(text)
     return path

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, RESULTS, ensure_data_env, table, write_result
+from _common import REPO, ensure_data_env, table, write_result
 
 #: targets from the issue
 TARGET_RPS, TARGET_P99_MS = 500, 50
@@ -55,7 +55,7 @@ def parse_args(argv):
                         help="server processes; a comma list runs one measurement each (default 1,2)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="pass --no-pin to the server (workers not kept on one CPU each)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "serve_load.json", help="where to write results")
+    parser.add_argument("--json", type=Path, help="also write the results here (always: bench/results/serve_load.json)")
     args = parser.parse_args(argv)
     for name in ("threads", "workers"):
         try:
@@ -301,13 +301,8 @@ def main(argv=None) -> int:
         print(table([row], COLUMNS), flush=True)
     payload = {"benchmark": "serve_load", "model": str(model), "target": {"req_per_s": TARGET_RPS,
                "p99_ms": TARGET_P99_MS, "errors": 0}, "load_average": os.getloadavg(), "runs": rows}
-    if args.json == RESULTS / "serve_load.json":
-        path = write_result("serve_load", payload)
-    else:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        path = args.json
-    print(f"results: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    path = write_result("serve_load", payload, also=args.json)
+    print(f"results: {path.relative_to(REPO)}")
     return 0 if all(row["errors"] == 0 for row in rows) else 1
 
 

@@ -30,8 +30,6 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 # ------------------------------------------------------------------------------------------- helpers
 
 
-
-
 def render(browser, html_path: Path, screenshot: Path) -> dict:
     """Open a report from disk in Chromium, check that it is self-contained and drawn, and screenshot it."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})

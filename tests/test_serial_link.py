@@ -40,8 +40,6 @@ from scratchpilot.car.serial_link import (  # noqa: E402
 TRANSPORTS = ["tcp", "pty"]
 
 
-
-
 @pytest.fixture(params=TRANSPORTS)
 def board(request):
     with FakeArduino(request.param) as fake:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from web_support import http, multipart, png_bytes, png_claiming, post_json, small_model_path
+from web_support import SCRATCHPILOT, http, multipart, png_bytes, png_claiming, post_json, small_model_path
 
 from scratchpilot import nn
 from scratchpilot.data import load_mnist
@@ -395,10 +394,6 @@ def test_classifier_rejects_models_that_are_not_digits_models(tmp_path):
     nn.Sequential([nn.Dense(100, 10)]).save(path)
     with pytest.raises(nn.ModelFileError, match="784"):
         DigitClassifier(path)
-
-
-#: the ``scratchpilot`` command, run by this interpreter
-SCRATCHPILOT = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())"]
 
 
 def run_cli(*args, env=None, timeout=60):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import wait_until
-from web_support import SCRATCHPILOT, serving, small_model_path
+from web_support import serving, small_model_path, start_serving
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux /proc")
 
@@ -141,12 +141,8 @@ def test_each_worker_keeps_one_cpu_unless_told_not_to(model_path):
 
 
 def test_a_dead_worker_stops_the_server_loudly(model_path):
-    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process, _ = start_serving("--model", str(model_path), "--workers", "2")
     try:
-        process.stdout.readline()
-        assert "serving on" in process.stdout.readline()
         workers = workers_of(process)
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = process.communicate(timeout=10)
@@ -193,12 +189,8 @@ def test_sigterm_lets_running_requests_answer(workers):
 
 def test_workers_leave_when_their_parent_is_killed(model_path):
     """A SIGKILLed parent cannot stop its workers; they notice and leave, freeing the port."""
-    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process, url = start_serving("--model", str(model_path), "--workers", "2")
     try:
-        process.stdout.readline()
-        url = process.stdout.readline().split("serving on ")[1].split()[0].rstrip("/")
         assert connect(url) and connect(url)
         workers = workers_of(process)
         process.kill()

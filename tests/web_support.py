@@ -105,20 +105,24 @@ def draw_on_canvas(digit: np.ndarray, rng: np.random.Generator, canvas: int = 28
 SCRATCHPILOT = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())"]
 
 
-@contextlib.contextmanager
-def serving(*args, env=None, command=SCRATCHPILOT):
-    """``scratchpilot serve --port 0 *args`` as a real process; yields (process, base URL).
-
-    Stops it with SIGTERM on leaving (the parent stops its workers) and checks that it exits with 0.
-    """
+def start_serving(*args, env=None, command=SCRATCHPILOT) -> tuple[subprocess.Popen, str]:
+    """``scratchpilot serve --port 0 *args`` as a real process, once it accepts connections: (process, base URL)."""
     process = subprocess.Popen([*command, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+    process.stdout.readline()
+    ready = process.stdout.readline()
+    assert "serving on " in ready, (ready, process.stderr.read() if process.poll() is not None else "")
+    return process, ready.split("serving on ")[1].split()[0].rstrip("/")
+
+
+@contextlib.contextmanager
+def serving(*args, env=None, command=SCRATCHPILOT):
+    """:func:`start_serving` for a ``with`` block: stops it with SIGTERM on leaving (the parent stops its
+    workers) and checks that it exits with 0."""
+    process, url = start_serving(*args, env=env, command=command)
     try:
-        process.stdout.readline()
-        ready = process.stdout.readline()
-        assert "serving on " in ready, (ready, process.stderr.read() if process.poll() is not None else "")
-        yield process, ready.split("serving on ")[1].split()[0].rstrip("/")
+        yield process, url
     finally:
         process.terminate()
         try:

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import reprlib
 import signal
 from pathlib import Path
@@ -240,11 +239,13 @@ def _pixels(values) -> np.ndarray:
         values = [v for row in values for v in row]
     if len(values) != _PIXELS:
         raise BadInput(f"'pixels' must hold {_PIXELS} numbers (28×28, row-major), got {len(values)}")
-    # exact types: bool is an int subclass, and NumPy would happily turn "12" or true into a number
+    # exact types: bool is an int subclass, and NumPy would happily turn "12" or true into a number.
+    # Bad values are quoted with reprlib: a pixel may be a 1,000-deep list (plain repr recurses too deep)
+    # or a 1 MB string (which should not be echoed back).
     kinds = set(map(type, values))
     if not kinds <= {int, float}:
         i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
-        raise BadInput(f"'pixels'[{i}] is {_short_repr(values[i])}: every pixel must be a number 0..255")
+        raise BadInput(f"'pixels'[{i}] is {reprlib.repr(values[i])}: every pixel must be a number 0..255")
     if kinds == {int}:
         # the usual request (a canvas or MNIST digit): bytearray takes ints 0..255 only, 6× faster than NumPy
         with contextlib.suppress(ValueError):  # some int outside 0..255: the general path names it
@@ -256,14 +257,8 @@ def _pixels(values) -> np.ndarray:
     bad = ~((array >= 0) & (array <= 255))  # NaN (JSON NaN parses) fails both comparisons
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise BadInput(f"'pixels'[{i}] is {_short_repr(values[i])}: every pixel must be a finite number in 0..255")
+        raise BadInput(f"'pixels'[{i}] is {reprlib.repr(values[i])}: every pixel must be a finite number in 0..255")
     return np.rint(array).astype(np.uint8).reshape(28, 28)
-
-
-def _short_repr(value) -> str:
-    """``repr`` cut to a few dozen characters and nesting levels (a pixel may be a 1,000-deep list or a 1 MB
-    string: plain repr would recurse too deep, or echo it all back)."""
-    return reprlib.repr(value)
 
 
 def _parse_json(raw: bytes) -> dict:
@@ -349,14 +344,13 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, threads: int = 8,
         share one GIL, and handing it between threads on different cores costs far more (measured with
         4 threads: ~100 req/s spread over 2 cores against ~970 on one).
     """
-    from .workers import serve_until_stopped, serve_workers, stop_on_signal, usable_cpus
+    from .workers import pin_to_cpu, serve_until_stopped, serve_workers, stop_on_signal
 
     if workers > 1:
         serve_workers(functools.partial(make_server, app, threads=threads), workers, host, port, on_ready, pin)
         return
-    if pin and usable_cpus():  # before waitress starts its threads, which inherit it
-        # measured: one process with 4 threads served ~100 req/s spread over 2 cores, ~970 kept on one
-        os.sched_setaffinity(0, {usable_cpus()[0]})
+    if pin:
+        pin_to_cpu(0)
     socket_map: dict = {}
     server = make_server(app, host=host, port=port, threads=threads, socket_map=socket_map)
     # a service manager's stop, like Ctrl+C: running requests finish, their answers go out, exit status 0

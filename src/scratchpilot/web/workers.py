@@ -59,7 +59,6 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=1024)
     closed_counts = memoryview(mmap.mmap(-1, 8 * workers)).cast("q")  # shared with the children after fork
-    cpus = usable_cpus() if pin else []
     parent = os.getpid()
     children: list[int] = []
     handoffs: list[socket.socket] = []
@@ -89,8 +88,8 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
                     parent_end.close()
                     for other in handoffs:
                         other.close()
-                    if cpus:  # before waitress starts its threads, which inherit it
-                        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+                    if pin:  # the parent is not pinned, so each worker counts from the same CPUs
+                        pin_to_cpu(index)
                     _serve_handed_connections(make_server, listener, worker_end, closed_counts, index, parent)
                     status = 0
                 except Exception:  # say why, then leave: a worker must never return into the caller
@@ -155,9 +154,16 @@ def _reap(children: list[int], timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on, in order (empty where the OS cannot pin: macOS, Windows)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+def pin_to_cpu(index: int) -> None:
+    """Keep this process on the ``index``-th of the CPUs it may use now (counting round).
+
+    Call it before waitress starts its threads, which inherit it. Does nothing where the OS cannot pin
+    (macOS, Windows).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
 
 
 def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_counts, stopping) -> None:
