@@ -90,3 +90,18 @@ class LeakyReLU(Layer):
 
     def config(self) -> dict:
         return {"type": "LeakyReLU", "alpha": self.alpha}
+
+
+class ReLU6(Layer):
+    """a = min(max(z, 0), 6); da/dz = 1 for 0 < z < 6, else 0 (MobileNet's activation, bounded for int8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pass: np.ndarray | None = None
+
+    def forward(self, x, training=False):
+        self._pass = (x > 0) & (x < 6)
+        return np.clip(x, 0, 6)
+
+    def backward(self, grad, input_grad=True):
+        return grad * self._pass

@@ -6,6 +6,10 @@ Layout of the archive (a plain zip of ``.npy`` files):
   version, the architecture, loss, optimiser, dtype, training history and free-form ``metadata``
   (preprocessing spec, label names, accuracy, ...).
 - ``p{i}.{name}.npy``: parameter ``name`` of layer ``i`` (e.g. ``p0.W``).
+- ``s{i}.{name}.npy``: saved state of layer ``i`` that is not trained (BatchNorm's running statistics).
+
+Format versions: 1 had dense layers only; 2 adds the convolutional, pooling and normalisation layers, the
+state arrays and ``input_shape``. Version-1 files still load.
 
 Loading uses ``allow_pickle=False`` throughout, checks every array's shape and dtype against the config,
 and turns any problem (truncated, foreign, tampered or too-new file) into a :class:`ModelFileError` that
@@ -22,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import activations, layers, optim
+from . import activations, conv, layers, norm, optim, pooling
 
 FORMAT = "scratchpilot-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_KEY = "config.json"
 
-_LAYER_TYPES = {cls.__name__: cls for cls in (layers.Dense, layers.Dropout, layers.Flatten,
-                                               activations.Sigmoid, activations.Tanh, activations.ReLU,
-                                               activations.LeakyReLU)}
+_LAYER_TYPES = {cls.__name__: cls for cls in (
+    layers.Dense, layers.Dropout, layers.Flatten, layers.Reshape, activations.Sigmoid, activations.Tanh,
+    activations.ReLU, activations.ReLU6, activations.LeakyReLU, conv.Conv2D, conv.DepthwiseConv2D,
+    pooling.MaxPool2D, pooling.AvgPool2D, pooling.GlobalAvgPool2D, norm.BatchNorm)}
 _OPTIMIZERS = {"SGD": optim.SGD, "Adam": optim.Adam}
 
 
@@ -65,6 +70,8 @@ def save(model, path) -> None:
     for i, layer in enumerate(model.layers):
         for name, value in layer.params.items():
             arrays[f"p{i}.{name}"] = value
+        for name, value in layer.state.items():
+            arrays[f"s{i}.{name}"] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     # a hidden temp file beside the target (same file system, so the rename is atomic; normal permissions)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -160,15 +167,20 @@ def load(path):
     dtype = config.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise ModelFileError(f"{path}: unsupported dtype {dtype!r}")
+    input_shape = config.get("input_shape")
+    if input_shape is not None and not (isinstance(input_shape, list) and input_shape
+                                        and all(isinstance(d, int) and d > 0 for d in input_shape)):
+        raise ModelFileError(f"{path}: bad input_shape {input_shape!r}")
     try:
         model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
-                           seed=0, dtype=dtype)
+                           seed=0, dtype=dtype, input_shape=input_shape)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: inconsistent architecture: {exc}") from None
     expected = set()
     for i, layer in enumerate(model.layers):
-        for name, param in layer.params.items():
-            key = f"p{i}.{name}"
+        arrays_of_layer = [(f"p{i}.{name}", param) for name, param in layer.params.items()]
+        arrays_of_layer += [(f"s{i}.{name}", value) for name, value in layer.state.items()]
+        for key, param in arrays_of_layer:
             expected.add(key)
             if key not in arrays:
                 raise ModelFileError(f"{path}: missing array {key} for layer {i} ({layer!r})")

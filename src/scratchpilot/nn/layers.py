@@ -1,7 +1,11 @@
 """Layers: each ``forward`` caches what its ``backward`` needs, side by side.
 
-Shapes are batch-major: a layer maps ``(N, n_in)`` to ``(N, n_out)``. ``backward(grad)`` receives
-dL/d(output), fills ``self.grads`` (same keys as ``self.params``) and returns dL/d(input).
+Shapes are batch-major: a layer maps ``(N, *input_shape)`` to ``(N, *output_shape(input_shape))`` — for
+dense layers ``(N, n_in)`` to ``(N, n_out)``, for images ``(N, H, W, C)`` (NHWC). ``backward(grad)``
+receives dL/d(output), fills ``self.grads`` (same keys as ``self.params``) and returns dL/d(input).
+
+``layer.trainable = False`` freezes a layer: its backward pass computes no parameter gradient and the
+optimiser leaves its parameters alone.
 """
 
 from __future__ import annotations
@@ -9,6 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import init as _init
+
+
+def check_positive_int(value, name: str, layer: str) -> int:
+    """``value`` as an int, or a ValueError naming the layer and the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Layer:
@@ -20,9 +31,24 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        #: arrays saved with the model but not trained (BatchNorm's running statistics)
+        self.state: dict[str, np.ndarray] = {}
+        #: False freezes the layer: no parameter gradient, no update
+        self.trainable = True
 
     def build(self, rng: np.random.Generator, dtype) -> None:
-        """Create parameters (called once by :class:`~scratchpilot.nn.Sequential`)."""
+        """Create parameters (called by :class:`~scratchpilot.nn.Sequential` for a layer not yet built)."""
+
+    def input_shape_hint(self) -> tuple[int, ...] | None:
+        """The per-example input shape this layer needs, if it alone determines it (Dense: ``(n_in,)``)."""
+        return None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-example output shape for a per-example ``input_shape``; raises ValueError if it does not fit.
+
+        Element-wise layers keep the shape.
+        """
+        return tuple(input_shape)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
@@ -58,18 +84,11 @@ class Dense(Layer):
 
     def __init__(self, n_in: int, n_out: int, init: str = "he") -> None:
         super().__init__()
-        for name, value in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Dense: {name} must be a positive integer, got {value!r}")
+        self.n_in = check_positive_int(n_in, "n_in", "Dense")
+        self.n_out = check_positive_int(n_out, "n_out", "Dense")
         _init.get(init)  # fail early on a typo
-        self.n_in, self.n_out, self.init = int(n_in), int(n_out), init
+        self.init = init
         self._x: np.ndarray | None = None
-        #: for a first layer only (its input needs no gradient): skip the input columns that are zero in
-        #: the whole batch (MNIST borders: ~290 of 784 at batch 64) in both products. Off by default: it
-        #: paid on one BLAS thread (784-100-10 at batch 64: 0.88 s against 1.03 s per epoch), but with the
-        #: two threads training now uses the gathers cost more than they save (0.66 s against 0.64 s).
-        self.skip_zero_columns = False
-        self._cols: np.ndarray | None = None
 
     def build(self, rng: np.random.Generator, dtype) -> None:
         W = _init.get(self.init)(rng, self.n_in, self.n_out, dtype)
@@ -80,36 +99,28 @@ class Dense(Layer):
         self.params = {"W": W, "b": b}
         self.grads = {"W": np.zeros_like(W), "b": np.zeros_like(b)}
 
+    def input_shape_hint(self):
+        return (self.n_in,)
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.n_in,):
+            hint = " (put a Flatten before it)" if len(input_shape) > 1 else ""
+            raise ValueError(f"{self!r} expects inputs of shape ({self.n_in},), got {tuple(input_shape)}{hint}")
+        return (self.n_out,)
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise ValueError(f"Dense({self.n_in}, {self.n_out}) expects input of shape (N, {self.n_in}), "
                              f"got {x.shape}")
-        self._cols = None
-        if self.skip_zero_columns and training and x.shape[0] >= 32:
-            used = np.flatnonzero(x.any(axis=0))
-            # Gathering costs about a third of a dense product: worth it only when many columns are empty.
-            if used.size < 0.8 * self.n_in:
-                self._cols = used
-                x = x[:, used]
-                self._x = x
-                z = x @ np.take(self.params["W"], used, axis=0)
-                z += self.params["b"]
-                return z
         self._x = x
         z = x @ self.params["W"]
         z += self.params["b"]
         return z
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        if self._cols is not None:
-            # rows of dW for all-zero input columns are exactly zero: x_col.T @ g = 0
-            dW = self.grads["W"]
-            dW.fill(0)
-            dW[self._cols] = self._x.T @ grad
-            input_grad = False  # only set up for the first layer, whose input has no gradient
-        else:
+        if self.trainable:
             np.matmul(self._x.T, grad, out=self.grads["W"])
-        np.sum(grad, axis=0, out=self.grads["b"])
+            np.sum(grad, axis=0, out=self.grads["b"])
         return grad @ self.params["W"].T if input_grad else None
 
     def config(self) -> dict:
@@ -147,11 +158,14 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """Reshape ``(N, d1, d2, ...)`` to ``(N, d1*d2*...)``; backward restores the shape."""
+    """Reshape ``(N, d1, d2, ...)`` of any rank to ``(N, d1*d2*...)``; backward restores the shape."""
 
     def __init__(self) -> None:
         super().__init__()
         self._shape: tuple[int, ...] | None = None
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape, dtype=np.int64)),)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._shape = x.shape
@@ -159,3 +173,43 @@ class Flatten(Layer):
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         return grad.reshape(self._shape)
+
+
+class Reshape(Layer):
+    """Reshape each example to ``shape`` (e.g. 784 pixels to a (28, 28, 1) image); backward undoes it.
+
+    One entry may be -1 (inferred). The batch axis is never touched.
+    """
+
+    def __init__(self, shape) -> None:
+        super().__init__()
+        shape = tuple(int(d) for d in shape)
+        if not shape or shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
+            raise ValueError(f"Reshape: shape must be positive sizes with at most one -1, got {shape}")
+        self.shape = shape
+        self._in_shape: tuple[int, ...] | None = None
+
+    def output_shape(self, input_shape):
+        size = int(np.prod(input_shape, dtype=np.int64))
+        known = int(np.prod([d for d in self.shape if d != -1], dtype=np.int64))
+        if -1 in self.shape:
+            if size % known:
+                raise ValueError(f"{self!r} cannot reshape {tuple(input_shape)} ({size} values)")
+            return tuple(size // known if d == -1 else d for d in self.shape)
+        if known != size:
+            raise ValueError(f"{self!r} cannot reshape {tuple(input_shape)} ({size} values) to {self.shape} "
+                             f"({known} values)")
+        return self.shape
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._in_shape = x.shape
+        try:
+            return x.reshape(x.shape[0], *self.shape)
+        except ValueError:
+            raise ValueError(f"{self!r} cannot reshape input of shape {x.shape}") from None
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return grad.reshape(self._in_shape)
+
+    def config(self) -> dict:
+        return {"type": "Reshape", "shape": list(self.shape)}

@@ -5,7 +5,8 @@
     history = model.fit(X, y, epochs=10, batch_size=64, validation_data=(X_val, y_val))
     model.predict(X_test)
 
-Inputs are batch-major ``(N, features)`` arrays; labels are ints ``(N,)`` or dense targets ``(N, C)``.
+Inputs are batch-major: ``(N, features)`` arrays, or ``(N, H, W, C)`` images for convolutional stacks
+(``Sequential(..., input_shape=(28, 28, 1))``); labels are ints ``(N,)`` or dense targets ``(N, C)``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import threads as _threads
+from . import fast as _fast
 from ._progress import ProgressBar
 from .layers import Layer
 from .losses import Loss, SoftmaxCrossEntropy
@@ -83,16 +84,21 @@ class Sequential:
     Parameters
     ----------
     layers : sequence of Layer
+        Layers that already have weights (taken from another model) keep them; the others are built.
     loss : Loss, default SoftmaxCrossEntropy()
     optimizer : Optimizer, default SGD(lr=0.1)
     seed : int, Generator or None
         Source of all randomness (initial weights, shuffling, dropout).
     dtype : float32 (default) or float64 (gradient checks)
+    input_shape : tuple, optional
+        The shape of one example, e.g. ``(784,)`` or ``(28, 28, 1)``. Each layer's output shape is then
+        worked out when the model is built, and a layer that does not fit its input is named with both
+        shapes. A first ``Dense`` layer implies ``(n_in,)``.
     """
 
     def __init__(self, layers: Sequence[Layer], loss: Loss | None = None,
                  optimizer: Optimizer | None = None, seed: int | np.random.Generator | None = None,
-                 dtype=np.float32) -> None:
+                 dtype=np.float32, input_shape: Sequence[int] | None = None) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
@@ -108,70 +114,123 @@ class Sequential:
         self.history = History()
         #: free-form JSON-able facts saved with the model (preprocessing spec, label names, ...)
         self.metadata: dict = {}
-        for layer in self.layers:
-            layer.build(self.rng, self.dtype)
-        self._flat_pair = self._pack_parameters()
-        self._pairs = [(layer.params[k], layer.grads[k], k in layer.decay)
-                       for layer in self.layers for k in layer.params]
-        # Backprop stops at the first layer with parameters: nothing below it needs a gradient.
-        with_params = [i for i, layer in enumerate(self.layers) if layer.params]
-        self._first_trainable = with_params[0] if with_params else len(self.layers)
-        self._check_widths()
+        self.input_shape, self.output_shapes = self._infer_shapes(input_shape)
+        for i, layer in enumerate(self.layers):
+            if not layer.params:  # a layer with weights (from another model) keeps them
+                layer.build(self.rng, self.dtype)
+            for name, value in {**layer.params, **layer.state}.items():
+                if value.dtype != self.dtype:
+                    raise ValueError(f"layer {i} ({layer!r}): parameter {name} is {value.dtype}, "
+                                     f"the model is {self.dtype}")
+        self._pack()
 
     # ---------------------------------------------------------------- structure
-    def _pack_parameters(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-        """Move every parameter (and its gradient) into one contiguous buffer, leaving views in the layers.
-
-        The optimiser can then update all parameters with a handful of whole-buffer operations instead of
-        a handful per parameter (measured: about 40% less optimiser time for 784-100-10 at batch 64).
-        """
-        sizes = [p.size for layer in self.layers for p in layer.params.values()]
-        params = np.empty(sum(sizes), dtype=self.dtype)
-        grads = np.zeros(sum(sizes), dtype=self.dtype)
-        offset = 0
-        for layer in self.layers:
-            for key, value in layer.params.items():
-                n = value.size
-                layer.params[key] = params[offset:offset + n].reshape(value.shape)
-                layer.params[key][...] = value
-                layer.grads[key] = grads[offset:offset + n].reshape(value.shape)
-                offset += n
-        return [(params, grads, False)]
-
-    def _check_widths(self) -> None:
-        width = None
+    def _infer_shapes(self, input_shape) -> tuple[tuple[int, ...] | None, list[tuple[int, ...] | None]]:
+        """Each layer's per-example output shape, checked layer by layer (None where unknown)."""
+        if input_shape is None:
+            input_shape = self.layers[0].input_shape_hint()
+        if input_shape is None:  # unknown input: check what can be checked (consecutive dense widths)
+            shapes, width = [], None
+            for i, layer in enumerate(self.layers):
+                hint = layer.input_shape_hint()
+                if hint is not None:
+                    width = hint
+                if width is not None:
+                    width = self._layer_output(i, layer, width)
+                shapes.append(width)
+            return None, shapes
+        shape = tuple(int(d) for d in input_shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"input_shape must be positive sizes, got {input_shape!r}")
+        first, shapes = shape, []
         for i, layer in enumerate(self.layers):
-            n_in = getattr(layer, "n_in", None)
-            if n_in is not None:
-                if width is not None and n_in != width:
-                    raise ValueError(f"layer {i} ({layer!r}) expects {n_in} inputs but the layer before "
-                                     f"it gives {width}")
-                width = layer.n_out
+            shape = self._layer_output(i, layer, shape)
+            shapes.append(shape)
+        return first, shapes
+
+    def _layer_output(self, i: int, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(layer.output_shape(shape))
+        except ValueError as exc:
+            before = f"layer {i - 1} ({self.layers[i - 1]!r})" if i else "the input"
+            why = str(exc).removeprefix(repr(layer)).lstrip(" :")
+            raise ValueError(f"layer {i} ({layer!r}) does not fit: it {why}, but {before} gives {shape}") from None
+
+    def _pack(self) -> None:
+        """Put all parameters in one buffer (see :func:`scratchpilot.nn.fast.pack_parameters`)."""
+        self._buffers = _fast.pack_parameters(self)
+        self._param_layers = [layer for layer in self.layers if layer.params]
+        self._pairs = [(layer.params[k], layer.grads[k], k in layer.decay)
+                       for layer in self.layers for k in layer.params]
+        self._step_key = None
+
+    def _step_plan(self) -> tuple[int, list]:
+        """(index of the lowest trainable layer, parameter pairs the optimiser updates).
+
+        Re-packs first if another model has since taken over one of these layers. With every layer
+        trainable the optimiser updates the one flat buffer in a few whole-array passes.
+        """
+        if any(layer._packed_by is not self for layer in self._param_layers):
+            self._pack()
+        key = tuple(layer.trainable for layer in self._param_layers)
+        if key != self._step_key:
+            trainable = [i for i, layer in enumerate(self.layers) if layer.params and layer.trainable]
+            first = trainable[0] if trainable else len(self.layers)
+            if all(key):
+                pairs = [(self._buffers[0], self._buffers[1], False)]
+                self._decay_pairs = self._pairs
+            else:
+                pairs = [(layer.params[k], layer.grads[k], k in layer.decay)
+                         for layer in self.layers if layer.trainable for k in layer.params]
+                self._decay_pairs = pairs
+            self._step_key, self._first_trainable, self._flat_pairs = key, first, pairs
+        return self._first_trainable, self._flat_pairs
 
     @property
     def n_inputs(self) -> int | None:
+        """Values per example (``prod(input_shape)``), or None if the model does not fix it."""
+        if self.input_shape is not None:
+            return int(np.prod(self.input_shape))
         return next((layer.n_in for layer in self.layers if hasattr(layer, "n_in")), None)
 
     @property
     def n_outputs(self) -> int | None:
+        last = self.output_shapes[-1] if self.output_shapes else None
+        if last is not None and len(last) == 1:
+            return last[0]
         return next((layer.n_out for layer in reversed(self.layers) if hasattr(layer, "n_out")), None)
 
     def parameter_pairs(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         """``(param, grad, decays)`` for every parameter, in layer order."""
+        self._step_plan()
         return self._pairs
 
-    def n_parameters(self) -> int:
-        return sum(p.size for p, _, _ in self._pairs)
+    def n_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.size for layer in self.layers if layer.trainable or not trainable_only
+                   for p in layer.params.values())
 
     def summary(self) -> str:
-        lines = [f"{i:>2}  {layer!r:<40} {sum(p.size for p in layer.params.values()):>9,d} params"
-                 for i, layer in enumerate(self.layers)]
-        lines.append(f"    loss={type(self.loss).__name__}  total={self.n_parameters():,d} params")
+        """A table like Keras's: each layer's output shape, parameter count and trainable flag."""
+        rows = [("#", "layer", "output shape", "params", "trainable")]
+        for i, layer in enumerate(self.layers):
+            shape = self.output_shapes[i]
+            count = sum(p.size for p in layer.params.values())
+            rows.append((str(i), repr(layer), "(N, " + ", ".join(map(str, shape)) + ")" if shape else "?",
+                         f"{count:,d}", ("yes" if layer.trainable else "no") if layer.params else "-"))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        lines = ["  ".join(cell.rjust(w) if c in (0, 3) else cell.ljust(w)
+                           for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        total, trainable = self.n_parameters(), self.n_parameters(trainable_only=True)
+        lines.append(f"input {self.input_shape or '?'}  loss={type(self.loss).__name__}  total={total:,d} "
+                     f"params, trainable={trainable:,d}, frozen={total - trainable:,d}")
         return "\n".join(lines)
 
     def config(self) -> dict:
         return {"layers": [layer.config() for layer in self.layers], "loss": self.loss.config(),
-                "optimizer": self.optimizer.config(), "dtype": self.dtype.name}
+                "optimizer": self.optimizer.config(), "dtype": self.dtype.name,
+                "input_shape": list(self.input_shape) if self.input_shape is not None else None}
 
     # ---------------------------------------------------------------- math
     def forward(self, X: np.ndarray, training: bool = False) -> np.ndarray:
@@ -182,8 +241,9 @@ class Sequential:
         return a
 
     def backward(self, grad: np.ndarray) -> None:
-        """Backpropagate dL/d(output) through the layers, filling every layer's ``grads``."""
-        first = self._first_trainable
+        """Backpropagate dL/d(output) down to the lowest trainable layer, filling the trainable ``grads``
+        (nothing below that layer needs a gradient)."""
+        first, _ = self._step_plan()
         for i in range(len(self.layers) - 1, first - 1, -1):
             grad = self.layers[i].backward(grad, input_grad=i > first)
 
@@ -192,8 +252,9 @@ class Sequential:
         out = self.forward(X, training=True)
         loss, grad = self.loss.forward_backward(out, y)
         self.backward(grad)
+        _, pairs = self._step_plan()
         # weight decay applies to weights only, so it needs the per-parameter view of the buffer
-        self.optimizer.step(self._pairs if self.optimizer.weight_decay else self._flat_pair)
+        self.optimizer.step(self._decay_pairs if self.optimizer.weight_decay else pairs)
         return loss, out
 
     # ---------------------------------------------------------------- validation
@@ -203,9 +264,9 @@ class Sequential:
             raise TypeError(f"{what} must be numeric, got dtype {X.dtype}")
         if X.ndim < 2:
             raise ValueError(f"{what} must be batch-major (N, features), got shape {X.shape}")
-        n_in = self.n_inputs
-        if n_in is not None and self._first_trainable == 0 and X.shape[1:] != (n_in,):
-            raise ValueError(f"{what} has shape {X.shape}; this network expects (N, {n_in})")
+        if self.input_shape is not None and X.shape[1:] != self.input_shape:
+            raise ValueError(f"{what} has shape {X.shape}; this network expects "
+                             f"(N, {', '.join(map(str, self.input_shape))})")
         X = X.astype(self.dtype, copy=False)
         if not np.isfinite(X).all():
             raise ValueError(f"{what} contains NaN or infinite values")
@@ -243,8 +304,8 @@ class Sequential:
 
         ``early_stopping``: an :class:`EarlyStopping` or a patience in epochs.
         ``callbacks``: callables ``cb(model, epoch, logs)``; returning True stops training.
-        ``threads``: BLAS threads; ``"auto"`` picks by batch size (one under 16, two up to 511: measured
-        fastest here, see :mod:`scratchpilot.nn.threads`).
+        ``threads``: BLAS threads; ``"auto"`` times a few batches at each thread count now and then and
+        keeps the faster (:class:`scratchpilot.nn.fast.ThreadTuner`), an int fixes the count.
         ``augment``: ``augment(x_batch, rng) -> x_batch`` applied to every training batch (e.g. shifts).
         The learning-rate schedule spans this call: a second ``fit`` (fine-tuning) starts it again.
         Returns the :class:`History` (also kept in ``self.history`` and saved with the model).
@@ -264,11 +325,13 @@ class Sequential:
         stoppers = list(callbacks or []) + ([early_stopping] if early_stopping else [])
         n = X.shape[0]
         n_batches = -(-n // batch_size)
-        n_threads = _threads.threads_for_batch(batch_size) if threads == "auto" else threads
         start_epoch = len(self.history.get("loss", []))
-
-        _threads.warm_up()
-        with _threads.blas_threads(n_threads):
+        if threads != "auto" and threads is not None and (isinstance(threads, bool) or
+                                                         not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be 'auto', None or a positive int, got {threads!r}")
+        fixed = None if threads == "auto" else threads if threads is not None else _fast.current_threads()
+        self.thread_tuner = tuner = _fast.ThreadTuner(fixed=fixed)
+        with tuner:
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
                 self.optimizer.start_epoch(epoch - start_epoch)
@@ -276,6 +339,7 @@ class Sequential:
                 bar = ProgressBar(n_batches, f"epoch {epoch + 1:>3}/{start_epoch + epochs}") \
                     if progress else None
                 loss_sum, correct = 0.0, 0
+                tuner.resume()  # the time since the last batch (validation, callbacks) is not a batch's
                 for b in range(n_batches):
                     if order is None:
                         xb = X[b * batch_size:(b + 1) * batch_size]
@@ -286,6 +350,7 @@ class Sequential:
                     if augment is not None:
                         xb = augment(xb, self.rng)
                     loss, out = self.train_step(xb, yb)
+                    tuner.tick()
                     loss_sum += loss * xb.shape[0]
                     correct += _n_correct(out, yb)
                     if bar is not None and (b & 15) == 0:

@@ -1,0 +1,292 @@
+"""Convolution layers: ``Conv2D`` (im2col + one matrix product) and ``DepthwiseConv2D`` (one filter per channel).
+
+Layout: NHWC — images are ``(N, height, width, channels)``, kernels ``(kh, kw, C_in, C_out)``. Chosen by
+measurement (``bench/conv_layout.py``): with channels last, the column matrix is gathered with one strided
+view whose innermost axis is contiguous, and the matrix product ``cols @ W`` comes out already in NHWC
+order, so neither the forward nor the backward pass needs a transpose. NCHW needs one transpose per
+product (the output is ``(C_out, N·H·W)`` or must be permuted back).
+
+What a convolution computes, for one image (stride s, zero padding already applied to x):
+
+    y[h, w, o] = b[o] + Σ_{i<kh} Σ_{j<kw} Σ_c x[s·h + i, s·w + j, c] · W[i, j, c, o]
+
+im2col writes every receptive field as one row of a matrix ``cols`` with ``kh·kw·C_in`` columns (gathered
+through a strided view of x: no Python loop over pixels or images), so the whole layer is one product
+``y = cols @ W.reshape(kh·kw·C_in, C_out) + b``.
+
+Gradients, with g = ∂L/∂y:
+
+- ∂L/∂W = colsᵀ @ g (summed over every position of every image) and ∂L/∂b = Σ g;
+- ∂L/∂x is the convolution of g with the kernel flipped (a "full" correlation): every input pixel collects
+  g · W from each output position whose window covers it. Computed as ``dcols = g @ Wᵀ`` followed by a
+  sum over the kh·kw kernel offsets — offset (i, j) adds ``dcols[..., i, j, :]`` to the strided slice of x
+  it was read from. That is kh·kw whole-array additions, never an ``np.add.at`` scatter.
+
+Memory bound: one column matrix holds at most :data:`MAX_COLUMN_ELEMENTS` numbers (2²⁴, 64 MiB in
+float32); larger batches are cut into chunks of images that fit. In training the column matrix is kept
+for the backward pass when it fits in one chunk; otherwise the backward pass gathers it again per chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import init as _init
+from .layers import Layer, check_positive_int
+
+#: largest column matrix (elements) one product may use; bigger batches are processed in chunks
+MAX_COLUMN_ELEMENTS = 1 << 24
+
+
+def _pair(value, name: str, layer: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (value, value)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+    for v in value:
+        check_positive_int(v, name, layer)
+    return int(value[0]), int(value[1])
+
+
+def conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int], size: tuple[int, int],
+                 layer: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Zero padding ``((top, bottom), (left, right))`` for ``"valid"``, ``"same"`` or an int.
+
+    ``"same"`` gives ``ceil(size / stride)`` outputs, with the odd pixel of padding at the bottom/right
+    (as TensorFlow does, so pretrained TensorFlow models line up).
+    """
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        pads = []
+        for n, k, s in zip(size, kernel, stride, strict=True):
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads[0], pads[1]
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+        return (int(padding), int(padding)), (int(padding), int(padding))
+    raise ValueError(f"{layer}: padding must be 'valid', 'same' or an int >= 0, got {padding!r}")
+
+
+def _pad(x: np.ndarray, pads) -> np.ndarray:
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
+    out = np.zeros((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3]), dtype=x.dtype)
+    out[:, t:t + x.shape[1], l:l + x.shape[2]] = x
+    return out
+
+
+def windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]):
+    """A read-only strided view ``(N, Ho, Wo, kh, kw, C)`` of every receptive field of padded ``xp``."""
+    n, _, _, c = xp.shape
+    sn, sh, sw, sc = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, shape=(n, out_hw[0], out_hw[1], kernel[0], kernel[1], c),
+        strides=(sn, sh * stride[0], sw * stride[1], sh, sw, sc), writeable=False)
+
+
+def offset_slice(i: int, j: int, stride: tuple[int, int], out_hw: tuple[int, int]):
+    """The index of padded-input pixels that kernel offset (i, j) reads, one per output position."""
+    return (slice(None), slice(i, i + stride[0] * (out_hw[0] - 1) + 1, stride[0]),
+            slice(j, j + stride[1] * (out_hw[1] - 1) + 1, stride[1]), slice(None))
+
+
+class _SpatialLayer(Layer):
+    """Shared bookkeeping of the convolutions: kernel, stride, padding and output size."""
+
+    def __init__(self, channels: int, kernel, stride, padding) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.kernel = _pair(kernel, "kernel", name)
+        self.stride = _pair(stride, "stride", name)
+        conv_padding(padding, self.kernel, self.stride, (1, 1), name)  # validate early
+        self.padding = padding
+        self.in_channels = check_positive_int(channels, "in_channels", name)
+
+    def _geometry(self, h: int, w: int):
+        pads = conv_padding(self.padding, self.kernel, self.stride, (h, w), type(self).__name__)
+        ho = (h + sum(pads[0]) - self.kernel[0]) // self.stride[0] + 1
+        wo = (w + sum(pads[1]) - self.kernel[1]) // self.stride[1] + 1
+        return pads, (ho, wo)
+
+    def _spatial_output(self, input_shape, channels_out: int) -> tuple[int, ...]:
+        if len(input_shape) != 3 or input_shape[2] != self.in_channels:
+            raise ValueError(f"{self!r} expects images (H, W, {self.in_channels}), got {tuple(input_shape)}")
+        _, (ho, wo) = self._geometry(input_shape[0], input_shape[1])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self!r}: input {tuple(input_shape)} is smaller than the kernel {self.kernel}")
+        return (ho, wo, channels_out)
+
+    def _check_input(self, x: np.ndarray) -> None:
+        if x.ndim != 4 or x.shape[3] != self.in_channels:
+            raise ValueError(f"{self!r} expects input of shape (N, H, W, {self.in_channels}), got {x.shape}")
+
+
+class Conv2D(_SpatialLayer):
+    """2-D convolution (cross-correlation, as every framework computes it), NHWC.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel : int or (kh, kw)
+    stride : int or (sh, sw)
+    padding : "valid" (no padding), "same" (``ceil(H / stride)`` outputs) or an int (zeros on every side)
+    init : initialiser for W, with fan-in ``kh·kw·in_channels``; biases start at zero.
+
+    ``W`` has shape ``(kh, kw, in_channels, out_channels)``, ``b`` shape ``(out_channels,)``.
+    """
+
+    decay = ("W",)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel=3, stride=1, padding="valid",
+                 init: str = "he") -> None:
+        super().__init__(in_channels, kernel, stride, padding)
+        self.out_channels = check_positive_int(out_channels, "out_channels", "Conv2D")
+        _init.get(init)
+        self.init = init
+        self._cache = None
+
+    def build(self, rng: np.random.Generator, dtype) -> None:
+        kh, kw = self.kernel
+        fan_in = kh * kw * self.in_channels
+        W = _init.get(self.init)(rng, fan_in, self.out_channels, dtype).reshape(kh, kw, self.in_channels,
+                                                                                 self.out_channels)
+        self.params = {"W": W, "b": np.zeros(self.out_channels, dtype=dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def output_shape(self, input_shape):
+        return self._spatial_output(input_shape, self.out_channels)
+
+    def _columns(self, xp: np.ndarray, out_hw) -> np.ndarray:
+        """im2col: ``(n·Ho·Wo, kh·kw·C)``, one receptive field per row (a copy of the strided view)."""
+        view = windows(xp, self.kernel, self.stride, out_hw)
+        return view.reshape(-1, self.kernel[0] * self.kernel[1] * self.in_channels)
+
+    def _chunk(self, out_hw) -> int:
+        per_image = out_hw[0] * out_hw[1] * self.kernel[0] * self.kernel[1] * self.in_channels
+        return max(1, MAX_COLUMN_ELEMENTS // per_image)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        pads, out_hw = self._geometry(x.shape[1], x.shape[2])
+        xp = _pad(x, pads)
+        Wm = self.params["W"].reshape(-1, self.out_channels)
+        n, chunk = x.shape[0], self._chunk(out_hw)
+        if n <= chunk:
+            cols = self._columns(xp, out_hw)
+            out = cols @ Wm
+            out += self.params["b"]
+            self._cache = (xp, pads, out_hw, cols if training else None, x.shape)
+            return out.reshape(n, out_hw[0], out_hw[1], self.out_channels)
+        out = np.empty((n, out_hw[0], out_hw[1], self.out_channels), dtype=np.result_type(x, Wm))
+        for start in range(0, n, chunk):
+            cols = self._columns(xp[start:start + chunk], out_hw)
+            block = out[start:start + chunk].reshape(-1, self.out_channels)
+            np.matmul(cols, Wm, out=block)
+            block += self.params["b"]
+        self._cache = (xp, pads, out_hw, None, x.shape)
+        return out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        xp, pads, out_hw, cols, x_shape = self._cache
+        n = grad.shape[0]
+        Wm = self.params["W"].reshape(-1, self.out_channels)
+        chunk = n if cols is not None else self._chunk(out_hw)
+        dxp = np.zeros_like(xp) if input_grad else None
+        if self.trainable:
+            dW = self.grads["W"].reshape(-1, self.out_channels)
+            np.sum(grad.reshape(-1, self.out_channels), axis=0, out=self.grads["b"])
+        kh, kw = self.kernel
+        for start in range(0, n, chunk):
+            g = grad[start:start + chunk].reshape(-1, self.out_channels)
+            if self.trainable:
+                c = cols if cols is not None else self._columns(xp[start:start + chunk], out_hw)
+                if start == 0:
+                    np.matmul(c.T, g, out=dW)
+                else:
+                    dW += c.T @ g
+            if input_grad:
+                dcols = (g @ Wm.T).reshape(-1, out_hw[0], out_hw[1], kh, kw, self.in_channels)
+                target = dxp[start:start + chunk]
+                for i in range(kh):  # the sum over kernel offsets: kh·kw whole-array additions
+                    for j in range(kw):
+                        target[offset_slice(i, j, self.stride, out_hw)] += dcols[:, :, :, i, j, :]
+        if not input_grad:
+            return None
+        (t, _), (l, _) = pads
+        return dxp[:, t:t + x_shape[1], l:l + x_shape[2]]
+
+    def config(self) -> dict:
+        return {"type": "Conv2D", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel": list(self.kernel), "stride": list(self.stride), "padding": self.padding,
+                "init": self.init}
+
+
+class DepthwiseConv2D(_SpatialLayer):
+    """Depthwise convolution: one kh×kw filter per channel, channels never mix (MobileNet, EfficientNet).
+
+        y[h, w, c] = b[c] + Σ_{i,j} x[s·h + i, s·w + j, c] · W[i, j, c]
+
+    A matrix product per channel would have a single column, so instead the layer sums over the kh·kw kernel
+    offsets, each a whole-array multiply-add over every image, position and channel (no loop over pixels).
+    Backward: ∂L/∂W[i, j, c] = Σ_{n,h,w} g · x(offset i, j), ∂L/∂b = Σ g, and ∂L/∂x collects g · W[i, j]
+    at each offset — the same offset sum as :class:`Conv2D`'s input gradient.
+
+    ``W`` has shape ``(kh, kw, channels)``, ``b`` shape ``(channels,)``.
+    """
+
+    decay = ("W",)
+
+    def __init__(self, channels: int, kernel=3, stride=1, padding="valid", init: str = "he") -> None:
+        super().__init__(channels, kernel, stride, padding)
+        _init.get(init)
+        self.init = init
+        self._cache = None
+
+    def build(self, rng: np.random.Generator, dtype) -> None:
+        kh, kw = self.kernel
+        W = _init.get(self.init)(rng, kh * kw, self.in_channels, dtype).reshape(kh, kw, self.in_channels)
+        self.params = {"W": W, "b": np.zeros(self.in_channels, dtype=dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def output_shape(self, input_shape):
+        return self._spatial_output(input_shape, self.in_channels)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        pads, out_hw = self._geometry(x.shape[1], x.shape[2])
+        xp = _pad(x, pads)
+        W = self.params["W"]
+        out = np.empty((x.shape[0], out_hw[0], out_hw[1], self.in_channels), dtype=np.result_type(x, W))
+        out[...] = self.params["b"]
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                out += xp[offset_slice(i, j, self.stride, out_hw)] * W[i, j]
+        self._cache = (xp, pads, out_hw, x.shape)
+        return out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        xp, pads, out_hw, x_shape = self._cache
+        W = self.params["W"]
+        dxp = np.zeros_like(xp) if input_grad else None
+        if self.trainable:
+            np.sum(grad, axis=(0, 1, 2), out=self.grads["b"])
+        g2 = grad.reshape(-1, self.in_channels)
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                index = offset_slice(i, j, self.stride, out_hw)
+                if self.trainable:
+                    patch = xp[index].reshape(-1, self.in_channels)
+                    np.einsum("nc,nc->c", patch, g2, out=self.grads["W"][i, j])
+                if input_grad:
+                    dxp[index] += grad * W[i, j]
+        if not input_grad:
+            return None
+        (t, _), (l, _) = pads
+        return dxp[:, t:t + x_shape[1], l:l + x_shape[2]]
+
+    def config(self) -> dict:
+        return {"type": "DepthwiseConv2D", "channels": self.in_channels, "kernel": list(self.kernel),
+                "stride": list(self.stride), "padding": self.padding, "init": self.init}

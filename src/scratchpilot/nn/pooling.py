@@ -1,0 +1,123 @@
+"""Pooling layers on NHWC images: ``MaxPool2D``, ``AvgPool2D``, ``GlobalAvgPool2D``.
+
+A pool of size (ph, pw) with stride s looks at the same strided windows as a convolution
+(:func:`scratchpilot.nn.conv.windows`) and reduces each to one number per channel. Backward passes
+loop over the ph·pw window offsets only (whole-array operations), never over pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conv import _pair, offset_slice, windows
+from .layers import Layer
+
+
+class _Pool2D(Layer):
+    def __init__(self, pool=2, stride=None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.pool = _pair(pool, "pool", name)
+        self.stride = _pair(stride if stride is not None else self.pool, "stride", name)
+        self._cache = None
+
+    def _out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return (h - self.pool[0]) // self.stride[0] + 1, (w - self.pool[1]) // self.stride[1] + 1
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self!r} expects images (H, W, C), got {tuple(input_shape)}")
+        ho, wo = self._out_hw(input_shape[0], input_shape[1])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self!r}: input {tuple(input_shape)} is smaller than the pool {self.pool}")
+        return (ho, wo, input_shape[2])
+
+    def _check(self, x: np.ndarray) -> tuple[int, int]:
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input of shape (N, H, W, C), got {x.shape}")
+        out_hw = self._out_hw(x.shape[1], x.shape[2])
+        if min(out_hw) < 1:
+            raise ValueError(f"{self!r}: input {x.shape} is smaller than the pool {self.pool}")
+        return out_hw
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__, "pool": list(self.pool), "stride": list(self.stride)}
+
+
+class MaxPool2D(_Pool2D):
+    """y[h, w, c] = max over the window of x; the gradient flows only to the (first) maximum of each window.
+
+    ``pool`` and ``stride`` are ints or pairs; the stride defaults to the pool size. No padding: rows
+    and columns that do not fill a window are dropped (as "valid" padding does).
+    """
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        out_hw = self._check(x)
+        ph, pw = self.pool
+        n, c = x.shape[0], x.shape[3]
+        if self.stride == self.pool:  # non-overlapping: a reshape of the cropped image, no copy
+            h, w = out_hw[0] * ph, out_hw[1] * pw
+            view = x[:, :h, :w].reshape(n, out_hw[0], ph, out_hw[1], pw, c).transpose(0, 1, 3, 2, 4, 5)
+        else:
+            view = windows(x, self.pool, self.stride, out_hw)
+        flat = view.reshape(n, out_hw[0], out_hw[1], ph * pw, c)
+        arg = flat.argmax(axis=3)
+        self._cache = (arg, x.shape, out_hw)
+        return np.take_along_axis(flat, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        arg, shape, out_hw = self._cache
+        dx = np.zeros(shape, dtype=grad.dtype)
+        zero = grad.dtype.type(0)
+        pw = self.pool[1]
+        for k in range(self.pool[0] * pw):  # each window offset takes the gradient where it held the max
+            index = offset_slice(k // pw, k % pw, self.stride, out_hw)
+            dx[index] += np.where(arg == k, grad, zero)
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """y[h, w, c] = mean over the window of x; each input gets g / (ph·pw) from every window covering it."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        out_hw = self._check(x)
+        self._cache = (x.shape, out_hw)
+        out = np.zeros((x.shape[0], out_hw[0], out_hw[1], x.shape[3]), dtype=x.dtype)
+        for i in range(self.pool[0]):
+            for j in range(self.pool[1]):
+                out += x[offset_slice(i, j, self.stride, out_hw)]
+        out *= out.dtype.type(1.0 / (self.pool[0] * self.pool[1]))
+        return out
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        shape, out_hw = self._cache
+        dx = np.zeros(shape, dtype=grad.dtype)
+        share = grad * grad.dtype.type(1.0 / (self.pool[0] * self.pool[1]))
+        for i in range(self.pool[0]):
+            for j in range(self.pool[1]):
+                dx[offset_slice(i, j, self.stride, out_hw)] += share
+        return dx
+
+
+class GlobalAvgPool2D(Layer):
+    """y[c] = mean over all H·W positions of x[:, :, c]: (N, H, W, C) → (N, C); backward spreads g / (H·W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape: tuple[int, ...] | None = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self!r} expects images (H, W, C), got {tuple(input_shape)}")
+        return (input_shape[2],)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if x.ndim != 4:
+            raise ValueError(f"{self!r} expects input of shape (N, H, W, C), got {x.shape}")
+        self._shape = x.shape
+        return x.mean(axis=(1, 2))
+
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        n, h, w, c = self._shape
+        share = grad * grad.dtype.type(1.0 / (h * w))
+        return np.broadcast_to(share[:, None, None, :], self._shape).copy()
