@@ -100,3 +100,34 @@ def test_tutorial_list_of_pairs_training(shared_data):
 def test_bad_sizes():
     with pytest.raises(ValueError, match="at least an input and an output"):
         Network([784])
+
+
+def test_readable_backprop_equals_the_vectorised_engine():
+    """The tutorial's δ recursion on a batch of columns gives the engine's gradients (summed, not averaged)."""
+    rng = np.random.default_rng(3)
+    net = Network([6, 5, 4, 3], seed=4)
+    X = rng.random((7, 6)).astype(np.float32)
+    Y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 7)]
+    nabla_b, nabla_w = net.backprop(X.T, Y.T)
+    model = net.model
+    out = model.forward(X, training=True)
+    _, grad = model.loss.forward_backward(out, Y)
+    model.backward(grad)
+    dense = [layer for layer in model.layers if layer.params]
+    for layer, nb, nw in zip(dense, nabla_b, nabla_w, strict=True):
+        np.testing.assert_allclose(nw, layer.grads["W"].T * 7, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(nb[:, 0], layer.grads["b"] * 7, rtol=1e-4, atol=1e-6)
+
+
+def test_update_mini_batch_is_one_engine_step():
+    rng = np.random.default_rng(5)
+    batch = [(rng.random((6, 1)), np.eye(3)[:, [i % 3]]) for i in range(10)]
+    a, b = Network([6, 5, 3], seed=6), Network([6, 5, 3], seed=6)
+    a.update_mini_batch(batch, eta=3.0)
+    X = np.stack([x[:, 0] for x, _ in batch]).astype(np.float32)
+    Y = np.stack([t[:, 0] for _, t in batch]).astype(np.float32)
+    b.model.optimizer.lr = 3.0
+    b.model.train_step(X, Y)
+    for wa, wb in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a.weights[0], Network([6, 5, 3], seed=6).weights[0])  # it did move

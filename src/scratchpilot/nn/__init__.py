@@ -11,6 +11,7 @@ This package imports nothing but NumPy (and threadpoolctl, lazily, for BLAS thre
 
 from .activations import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh, sigmoid
 from .conv import Conv2D, DepthwiseConv2D
+from .ensemble import Ensemble
 from .fast import blas_threads, set_blas_threads
 from .gradcheck import gradient_check, numerical_gradient, relative_error
 from .init import INITIALISERS
@@ -24,7 +25,7 @@ from .optim import SGD, Adam, CosineDecay, Optimizer, Schedule, StepDecay
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
 __all__ = [
-    "Adam", "AvgPool2D", "BatchNorm", "Conv2D", "CosineDecay", "Dense", "DepthwiseConv2D", "Dropout",
+    "Adam", "AvgPool2D", "BatchNorm", "Conv2D", "CosineDecay", "Dense", "DepthwiseConv2D", "Dropout", "Ensemble",
     "EarlyStopping", "Flatten", "GlobalAvgPool2D", "History", "INITIALISERS", "Layer", "LeakyReLU", "Loss",
     "MaxPool2D", "ModelFileError", "Network", "Optimizer", "Quadratic", "ReLU", "ReLU6", "Reshape", "SGD",
     "Schedule", "Sequential", "Sigmoid", "SigmoidCrossEntropy", "SoftmaxCrossEntropy", "StepDecay", "Tanh",

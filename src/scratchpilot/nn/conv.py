@@ -22,9 +22,11 @@ Gradients, with g = ∂L/∂y:
   sum over the kh·kw kernel offsets — offset (i, j) adds ``dcols[..., i, j, :]`` to the strided slice of x
   it was read from. That is kh·kw whole-array additions, never an ``np.add.at`` scatter.
 
-Memory bound: one column matrix holds at most :data:`MAX_COLUMN_ELEMENTS` numbers (2²⁴, 64 MiB in
-float32); larger batches are cut into chunks of images that fit. In training the column matrix is kept
-for the backward pass when it fits in one chunk; otherwise the backward pass gathers it again per chunk.
+Memory bound: images go through in blocks whose column matrix holds about :data:`CACHE_BLOCK_ELEMENTS`
+numbers (2²⁰, 4 MiB in float32), so a block is still in cache when its product reads it. In training the
+whole batch's column matrix is kept for ∂L/∂W when it holds at most :data:`MAX_COLUMN_ELEMENTS` numbers
+(2²⁴, 64 MiB in float32); a larger batch gathers it again in the backward pass, one bounded block at a
+time. Inference never holds more than one block's columns.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ import numpy as np
 from . import init as _init
 from .layers import Layer, check_positive_int
 
-#: largest column matrix (elements) one product may use; bigger batches are processed in chunks
+#: largest column matrix (elements) kept for the backward pass; bigger batches gather it again per block
 MAX_COLUMN_ELEMENTS = 1 << 24
+#: images are gathered and multiplied in blocks of about this many column elements (4 MiB in float32), so
+#: that a block is still in cache when the product (or the offset sum of the backward pass) reads it
+CACHE_BLOCK_ELEMENTS = 1 << 20
 
 
 def _pair(value, name: str, layer: str) -> tuple[int, int]:
@@ -156,6 +161,9 @@ class Conv2D(_SpatialLayer):
         self.params = {"W": W, "b": np.zeros(self.out_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
+    def parameter_count(self) -> int:
+        return self.kernel[0] * self.kernel[1] * self.in_channels * self.out_channels + self.out_channels
+
     def output_shape(self, input_shape):
         return self._spatial_output(input_shape, self.out_channels)
 
@@ -164,57 +172,71 @@ class Conv2D(_SpatialLayer):
         view = windows(xp, self.kernel, self.stride, out_hw)
         return view.reshape(-1, self.kernel[0] * self.kernel[1] * self.in_channels)
 
-    def _chunk(self, out_hw) -> int:
+    def _images_per_block(self, out_hw, limit: int) -> int:
+        """How many images' columns fit in ``limit`` elements (at least one)."""
         per_image = out_hw[0] * out_hw[1] * self.kernel[0] * self.kernel[1] * self.in_channels
-        return max(1, MAX_COLUMN_ELEMENTS // per_image)
+        return max(1, limit // per_image)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
         pads, out_hw = self._geometry(x.shape[1], x.shape[2])
         xp = _pad(x, pads)
         Wm = self.params["W"].reshape(-1, self.out_channels)
-        n, chunk = x.shape[0], self._chunk(out_hw)
-        if n <= chunk:
-            cols = self._columns(xp, out_hw)
-            out = cols @ Wm
-            out += self.params["b"]
-            self._cache = (xp, pads, out_hw, cols if training else None, x.shape)
-            return out.reshape(n, out_hw[0], out_hw[1], self.out_channels)
-        out = np.empty((n, out_hw[0], out_hw[1], self.out_channels), dtype=np.result_type(x, Wm))
-        for start in range(0, n, chunk):
-            cols = self._columns(xp[start:start + chunk], out_hw)
-            block = out[start:start + chunk].reshape(-1, self.out_channels)
-            np.matmul(cols, Wm, out=block)
-            block += self.params["b"]
-        self._cache = (xp, pads, out_hw, None, x.shape)
-        return out
+        n = x.shape[0]
+        keep = training and self.trainable and n <= self._images_per_block(out_hw, MAX_COLUMN_ELEMENTS)
+        rows_per_image = out_hw[0] * out_hw[1]
+        k = self.kernel[0] * self.kernel[1] * self.in_channels
+        cols = np.empty((n * rows_per_image, k), dtype=x.dtype) if keep else None
+        out = np.empty((n * rows_per_image, self.out_channels), dtype=np.result_type(x, Wm))
+        # gather and multiply a cache-sized block of images at a time: the block's columns are still in
+        # cache when the product reads them
+        block = self._images_per_block(out_hw, CACHE_BLOCK_ELEMENTS)
+        for start in range(0, n, block):
+            rows = slice(start * rows_per_image, min(n, start + block) * rows_per_image)
+            view = windows(xp[start:start + block], self.kernel, self.stride, out_hw)
+            if keep:
+                part = cols[rows].reshape(view.shape)
+                np.copyto(part, view)
+                part = cols[rows]
+            else:
+                part = view.reshape(-1, k)
+            np.matmul(part, Wm, out=out[rows])
+        out += self.params["b"]
+        self._cache = (xp, pads, out_hw, cols, x.shape)
+        return out.reshape(n, out_hw[0], out_hw[1], self.out_channels)
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         xp, pads, out_hw, cols, x_shape = self._cache
         n = grad.shape[0]
         Wm = self.params["W"].reshape(-1, self.out_channels)
-        chunk = n if cols is not None else self._chunk(out_hw)
-        dxp = np.zeros_like(xp) if input_grad else None
+        g_all = grad.reshape(-1, self.out_channels)
         if self.trainable:
             dW = self.grads["W"].reshape(-1, self.out_channels)
-            np.sum(grad.reshape(-1, self.out_channels), axis=0, out=self.grads["b"])
-        kh, kw = self.kernel
-        for start in range(0, n, chunk):
-            g = grad[start:start + chunk].reshape(-1, self.out_channels)
-            if self.trainable:
-                c = cols if cols is not None else self._columns(xp[start:start + chunk], out_hw)
-                if start == 0:
-                    np.matmul(c.T, g, out=dW)
-                else:
-                    dW += c.T @ g
-            if input_grad:
-                dcols = (g @ Wm.T).reshape(-1, out_hw[0], out_hw[1], kh, kw, self.in_channels)
-                target = dxp[start:start + chunk]
-                for i in range(kh):  # the sum over kernel offsets: kh·kw whole-array additions
-                    for j in range(kw):
-                        target[offset_slice(i, j, self.stride, out_hw)] += dcols[:, :, :, i, j, :]
+            np.sum(g_all, axis=0, out=self.grads["b"])
+            if cols is not None:
+                np.matmul(cols.T, g_all, out=dW)
+            else:  # the columns were not kept: gather them again, a bounded block at a time
+                block = self._images_per_block(out_hw, MAX_COLUMN_ELEMENTS)
+                for start in range(0, n, block):
+                    c = windows(xp[start:start + block], self.kernel, self.stride, out_hw)
+                    c = c.reshape(-1, Wm.shape[0])
+                    g = grad[start:start + block].reshape(-1, self.out_channels)
+                    if start == 0:
+                        np.matmul(c.T, g, out=dW)
+                    else:
+                        dW += c.T @ g
         if not input_grad:
             return None
+        kh, kw = self.kernel
+        dxp = np.zeros_like(xp)
+        block = self._images_per_block(out_hw, CACHE_BLOCK_ELEMENTS)
+        for start in range(0, n, block):  # dcols for a cache-sized block, then the sum over kernel offsets
+            g = grad[start:start + block].reshape(-1, self.out_channels)
+            dcols = (g @ Wm.T).reshape(-1, out_hw[0], out_hw[1], kh, kw, self.in_channels)
+            target = dxp[start:start + block]
+            for i in range(kh):
+                for j in range(kw):
+                    target[offset_slice(i, j, self.stride, out_hw)] += dcols[:, :, :, i, j, :]
         (t, _), (l, _) = pads
         return dxp[:, t:t + x_shape[1], l:l + x_shape[2]]
 
@@ -250,6 +272,9 @@ class DepthwiseConv2D(_SpatialLayer):
         W = _init.get(self.init)(rng, kh * kw, self.in_channels, dtype).reshape(kh, kw, self.in_channels)
         self.params = {"W": W, "b": np.zeros(self.in_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def parameter_count(self) -> int:
+        return (self.kernel[0] * self.kernel[1] + 1) * self.in_channels
 
     def output_shape(self, input_shape):
         return self._spatial_output(input_shape, self.in_channels)

@@ -56,22 +56,24 @@ def _jsonable(value):
 
 
 def save(model, path) -> None:
-    """Write ``model`` atomically (temp file + rename) to ``path``."""
+    """Write ``model`` (a ``Sequential`` or an ``Ensemble``) atomically (temp file + rename) to ``path``."""
     path = Path(path)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "saved_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        **model.config(),
-        "history": _jsonable(dict(model.history)),
-        "metadata": _jsonable(model.metadata),
     }
-    arrays = {CONFIG_KEY: np.frombuffer(json.dumps(config, allow_nan=False).encode("utf-8"), dtype=np.uint8)}
-    for i, layer in enumerate(model.layers):
-        for name, value in layer.params.items():
-            arrays[f"p{i}.{name}"] = value
-        for name, value in layer.state.items():
-            arrays[f"s{i}.{name}"] = value
+    arrays = {}
+    members = getattr(model, "members", None)
+    if members is None:
+        config.update(_model_config(model))
+        arrays.update(_model_arrays(model))
+    else:  # an ensemble: each member's config and arrays, the arrays prefixed m{k}.
+        config["ensemble"] = [_model_config(m) for m in members]
+        for k, member in enumerate(members):
+            arrays.update({f"m{k}.{key}": value for key, value in _model_arrays(member).items()})
+    config["metadata"] = _jsonable(model.metadata)
+    arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config, allow_nan=False).encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a hidden temp file beside the target (same file system, so the rename is atomic; normal permissions)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -84,6 +86,20 @@ def save(model, path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _model_config(model) -> dict:
+    return {**model.config(), "history": _jsonable(dict(model.history))}
+
+
+def _model_arrays(model) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, layer in enumerate(model.layers):
+        for name, value in layer.params.items():
+            arrays[f"p{i}.{name}"] = value
+        for name, value in layer.state.items():
+            arrays[f"s{i}.{name}"] = value
+    return arrays
 
 
 def _build_layer(cfg: dict, where: str):
@@ -150,36 +166,75 @@ def _open(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def load(path):
-    """Load a model saved by :meth:`Sequential.save`; raises :class:`ModelFileError` on any problem."""
-    from .losses import LOSSES
-    from .model import Sequential
+    """Load a model saved by :meth:`Sequential.save` (or an :class:`~scratchpilot.nn.Ensemble`); raises
+    :class:`ModelFileError` on any problem."""
+    from .ensemble import Ensemble
 
     path = Path(path)
     config, arrays = _open(path)
+    available = sum(int(a.size) for a in arrays.values())
+    if "ensemble" in config:
+        members_cfg = config["ensemble"]
+        if not isinstance(members_cfg, list) or not members_cfg:
+            raise ModelFileError(f"{path}: ensemble lists no members")
+        expected: set[str] = set()
+        members = []
+        for k, cfg in enumerate(members_cfg):
+            if not isinstance(cfg, dict):
+                raise ModelFileError(f"{path}: ensemble member {k} is not a model config")
+            member, keys = _build_model(cfg, arrays, path, f"m{k}.", available, f"member {k}: ")
+            members.append(member)
+            expected |= keys
+        try:
+            model = Ensemble(members)
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+    else:
+        model, expected = _build_model(config, arrays, path, "", available, "")
+    extra = set(arrays) - expected
+    if extra:
+        raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
+    metadata = config.get("metadata") or {}
+    model.metadata = metadata if isinstance(metadata, dict) else {}
+    model.saved_at = config.get("saved_at")
+    return model
+
+
+def _build_model(config: dict, arrays: dict, path: Path, prefix: str, available: int, who: str):
+    """One ``Sequential`` from its config and the arrays named ``{prefix}p{i}.{name}`` / ``s{i}.{name}``."""
+    from .losses import LOSSES
+    from .model import Sequential
+
+    where = f"{path}: {who}"
     layer_cfgs = config.get("layers")
     if not isinstance(layer_cfgs, list) or not layer_cfgs:
-        raise ModelFileError(f"{path}: config has no layers")
-    built = [_build_layer(cfg, f"{path}: layer {i}") for i, cfg in enumerate(layer_cfgs)]
+        raise ModelFileError(f"{where}config has no layers")
+    built = [_build_layer(cfg, f"{where}layer {i}") for i, cfg in enumerate(layer_cfgs)]
+    claimed = sum(layer.parameter_count() for layer in built)
+    if claimed > available:  # refuse before allocating: a tampered config could ask for any size
+        raise ModelFileError(f"{where}the layers need {claimed:,d} parameters but the file holds only "
+                             f"{available:,d} values (tampered or truncated?)")
     loss_cfg = config.get("loss") or {}
     loss_cls = LOSSES.get(loss_cfg.get("type") if isinstance(loss_cfg, dict) else None)
     if loss_cls is None:
-        raise ModelFileError(f"{path}: unknown loss {loss_cfg!r}; known: {sorted(LOSSES)}")
+        raise ModelFileError(f"{where}unknown loss {loss_cfg!r}; known: {sorted(LOSSES)}")
     dtype = config.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
-        raise ModelFileError(f"{path}: unsupported dtype {dtype!r}")
+        raise ModelFileError(f"{where}unsupported dtype {dtype!r}")
     input_shape = config.get("input_shape")
     if input_shape is not None and not (isinstance(input_shape, list) and input_shape
-                                        and all(isinstance(d, int) and d > 0 for d in input_shape)):
-        raise ModelFileError(f"{path}: bad input_shape {input_shape!r}")
+                                        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                for d in input_shape)):
+        raise ModelFileError(f"{where}bad input_shape {input_shape!r}")
     try:
         model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
                            seed=0, dtype=dtype, input_shape=input_shape)
     except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: inconsistent architecture: {exc}") from None
+        raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
     expected = set()
     for i, layer in enumerate(model.layers):
-        arrays_of_layer = [(f"p{i}.{name}", param) for name, param in layer.params.items()]
-        arrays_of_layer += [(f"s{i}.{name}", value) for name, value in layer.state.items()]
+        arrays_of_layer = [(f"{prefix}p{i}.{name}", param) for name, param in layer.params.items()]
+        arrays_of_layer += [(f"{prefix}s{i}.{name}", value) for name, value in layer.state.items()]
         for key, param in arrays_of_layer:
             expected.add(key)
             if key not in arrays:
@@ -192,16 +247,12 @@ def load(path):
                 raise ModelFileError(f"{path}: array {key} has dtype {value.dtype}, expected {param.dtype}")
             if not np.isfinite(value).all():
                 raise ModelFileError(f"{path}: array {key} contains NaN or infinite values")
+            if key.endswith(".running_var") and (value < 0).any():
+                raise ModelFileError(f"{path}: array {key} has negative variances")
             param[...] = value
-    extra = set(arrays) - expected
-    if extra:
-        raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
     history = config.get("history") or {}
     if isinstance(history, dict):
         for key, values in history.items():
             if isinstance(values, list):
                 model.history[key] = values
-    metadata = config.get("metadata") or {}
-    model.metadata = metadata if isinstance(metadata, dict) else {}
-    model.saved_at = config.get("saved_at")
-    return model
+    return model, expected

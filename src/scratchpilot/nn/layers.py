@@ -39,6 +39,10 @@ class Layer:
     def build(self, rng: np.random.Generator, dtype) -> None:
         """Create parameters (called by :class:`~scratchpilot.nn.Sequential` for a layer not yet built)."""
 
+    def parameter_count(self) -> int:
+        """How many parameters and state values ``build`` will create (known from the arguments alone)."""
+        return 0
+
     def input_shape_hint(self) -> tuple[int, ...] | None:
         """The per-example input shape this layer needs, if it alone determines it (Dense: ``(n_in,)``)."""
         return None
@@ -98,6 +102,9 @@ class Dense(Layer):
             b = np.zeros(self.n_out, dtype=dtype)
         self.params = {"W": W, "b": b}
         self.grads = {"W": np.zeros_like(W), "b": np.zeros_like(b)}
+
+    def parameter_count(self) -> int:
+        return self.n_in * self.n_out + self.n_out
 
     def input_shape_hint(self):
         return (self.n_in,)

@@ -215,7 +215,7 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             shape = self.output_shapes[i]
             count = sum(p.size for p in layer.params.values())
-            rows.append((str(i), repr(layer), "(N, " + ", ".join(map(str, shape)) + ")" if shape else "?",
+            rows.append((str(i), _brief(layer), "(N, " + ", ".join(map(str, shape)) + ")" if shape else "?",
                          f"{count:,d}", ("yes" if layer.trainable else "no") if layer.params else "-"))
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         lines = ["  ".join(cell.rjust(w) if c in (0, 3) else cell.ljust(w)
@@ -406,6 +406,16 @@ class Sequential:
         from .io import save
 
         save(self, path)
+
+
+def _brief(layer: Layer) -> str:
+    """``Conv2D(1, 32, 5x5, same)``: a layer's type and its shape-defining arguments, for the summary."""
+    def text(value):
+        return "x".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    skip = {"type", "init", "momentum", "eps"}
+    args = [text(v) for k, v in layer.config().items() if k not in skip and v not in ([1, 1], "valid")]
+    return f"{type(layer).__name__}({', '.join(args)})"
 
 
 def _n_correct(out: np.ndarray, y: np.ndarray) -> int:

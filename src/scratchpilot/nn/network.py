@@ -4,7 +4,9 @@ Michael Nielsen's ``network.py`` (the network of the BigSnarf post "Neural Netwo
 Python"), with the same names and the same algorithm — sigmoid neurons, quadratic cost, N(0, 1) initial
 weights and biases, stochastic gradient descent on mini-batches — but each mini-batch goes through the
 network as one matrix instead of one example at a time, on the same engine as everything else
-(:class:`~scratchpilot.nn.Sequential`).
+(:class:`~scratchpilot.nn.Sequential`). :meth:`Network.backprop` is the algorithm itself, written as the
+tutorial writes it (column vectors, the four equations); :meth:`Network.SGD` trains through the engine,
+which computes the same gradients batch-major (tested against each other).
 
 Two data formats are accepted:
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import Sigmoid
+from .activations import Sigmoid, sigmoid
 from .layers import Dense
 from .losses import Quadratic
 from .model import Sequential
@@ -45,6 +47,12 @@ def _as_arrays(data, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         y = np.array([int(t) for _, t in pairs], dtype=np.intp)
     return X, y
+
+
+def sigmoid_prime(z: np.ndarray) -> np.ndarray:
+    """σ'(z) = σ(z)(1 − σ(z))."""
+    s = sigmoid(z)
+    return s * (1 - s)
 
 
 class Network:
@@ -115,31 +123,56 @@ class Network:
         """Apply one gradient-descent step using backpropagation on one mini-batch:
         w → w − (η/m) Σ_x ∇_w C_x and b → b − (η/m) Σ_x ∇_b C_x, m = mini-batch size.
 
-        The whole mini-batch goes through the network as one (m, 784) matrix.
+        The whole mini-batch goes through :meth:`backprop` at once, as the columns of one (784, m) matrix,
+        so the sums over x come out of the matrix products.
         """
         X, y = _as_arrays(mini_batch, self.sizes[0], self.sizes[-1])
-        self.model.optimizer.lr = float(eta)
-        self.model.train_step(X.astype(self.model.dtype, copy=False), y)
+        target = y if y.ndim == 2 else np.eye(self.sizes[-1], dtype=self.model.dtype)[y]
+        nabla_b, nabla_w = self.backprop(X.T.astype(self.model.dtype), target.T.astype(self.model.dtype))
+        m = X.shape[0]
+        for b, w, nb, nw in zip(self.biases, self.weights, nabla_b, nabla_w, strict=True):
+            w -= (eta / m) * nw  # w and b are views of the engine's parameters: this updates the model
+            b -= (eta / m) * nb
 
     def backprop(self, x, y) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Return ``(nabla_b, nabla_w)``: the gradient of the cost C_x for one example, in the
-        tutorial's shapes ((n, 1) columns and (n_out, n_in) matrices).
+        """Return ``(nabla_b, nabla_w)``, the gradient of the cost C_x, layer by layer, in the tutorial's
+        shapes ((n, 1) columns and (n_out, n_in) matrices).
 
-        The four equations of backpropagation: δ^L = ∇_a C ⊙ σ'(z^L); δ^l = ((w^(l+1))ᵀ δ^(l+1)) ⊙ σ'(z^l);
-        ∂C/∂b^l = δ^l; ∂C/∂w^l = δ^l (a^(l−1))ᵀ. With a batch (x of shape (N, 784)), the sums over the
-        batch are returned.
+        ``x`` is one example as a (784, 1) column and ``y`` its (10, 1) one-hot target — or m examples as the
+        columns of (784, m) and (10, m) matrices, and then the gradients are summed over the examples.
+
+        The four equations of backpropagation, with z^l = w^l a^(l−1) + b^l and a^l = σ(z^l):
+
+        - (BP1) δ^L = ∇_a C ⊙ σ'(z^L)                the error of the output layer
+        - (BP2) δ^l = ((w^(l+1))ᵀ δ^(l+1)) ⊙ σ'(z^l)  the error moves back one layer at a time
+        - (BP3) ∂C/∂b^l = δ^l
+        - (BP4) ∂C/∂w^l = δ^l (a^(l−1))ᵀ
         """
         x = np.asarray(x, dtype=self.model.dtype)
-        y = np.asarray(y)
-        if x.ndim == 2 and x.shape[1] == 1 and x.shape[0] == self.sizes[0]:
-            x = x.T
-            y = y.reshape(1, -1) if y.size == self.sizes[-1] else y.reshape(1)
-        out = self.model.forward(x, training=True)
-        target = y if y.ndim == 2 else np.eye(self.sizes[-1], dtype=out.dtype)[y]
-        delta = self.cost_derivative(out, target.astype(out.dtype))
-        self.model.backward(delta)
-        nabla_b = [d.grads["b"].reshape(-1, 1).copy() for d in self._dense]
-        nabla_w = [d.grads["W"].T.copy() for d in self._dense]
+        y = np.asarray(y, dtype=self.model.dtype)
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        # feedforward, keeping every weighted input z and every activation a
+        activation = x
+        activations = [x]
+        zs = []
+        for b, w in zip(self.biases, self.weights, strict=True):
+            z = w @ activation + b
+            zs.append(z)
+            activation = sigmoid(z)
+            activations.append(activation)
+        nabla_b: list[np.ndarray] = [None] * len(zs)
+        nabla_w: list[np.ndarray] = [None] * len(zs)
+        # backward pass: BP1 at the output, then BP2 layer by layer; BP3 and BP4 give the gradients
+        delta = self.cost_derivative(activations[-1], y) * sigmoid_prime(zs[-1])
+        nabla_b[-1] = delta.sum(axis=1, keepdims=True)
+        nabla_w[-1] = delta @ activations[-2].T
+        for l in range(2, self.num_layers):
+            delta = (self.weights[-l + 1].T @ delta) * sigmoid_prime(zs[-l])
+            nabla_b[-l] = delta.sum(axis=1, keepdims=True)
+            nabla_w[-l] = delta @ activations[-l - 1].T
         return nabla_b, nabla_w
 
     def evaluate(self, test_data) -> int:

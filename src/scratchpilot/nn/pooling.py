@@ -53,26 +53,29 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         out_hw = self._check(x)
-        ph, pw = self.pool
-        n, c = x.shape[0], x.shape[3]
-        if self.stride == self.pool:  # non-overlapping: a reshape of the cropped image, no copy
-            h, w = out_hw[0] * ph, out_hw[1] * pw
-            view = x[:, :h, :w].reshape(n, out_hw[0], ph, out_hw[1], pw, c).transpose(0, 1, 3, 2, 4, 5)
-        else:
-            view = windows(x, self.pool, self.stride, out_hw)
-        flat = view.reshape(n, out_hw[0], out_hw[1], ph * pw, c)
-        arg = flat.argmax(axis=3)
-        self._cache = (arg, x.shape, out_hw)
-        return np.take_along_axis(flat, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+        pw = self.pool[1]
+        out = x[offset_slice(0, 0, self.stride, out_hw)].copy()
+        for k in range(1, self.pool[0] * pw):  # running maximum over the window offsets
+            np.maximum(out, x[offset_slice(k // pw, k % pw, self.stride, out_hw)], out=out)
+        self._cache = (x, out, out_hw)
+        return out
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        arg, shape, out_hw = self._cache
-        dx = np.zeros(shape, dtype=grad.dtype)
-        zero = grad.dtype.type(0)
-        pw = self.pool[1]
-        for k in range(self.pool[0] * pw):  # each window offset takes the gradient where it held the max
+        x, out, out_hw = self._cache
+        ph, pw = self.pool
+        disjoint = self.stride[0] >= ph and self.stride[1] >= pw
+        dx = np.zeros(x.shape, dtype=grad.dtype)
+        taken = np.zeros(out.shape, dtype=bool)
+        hit = np.empty(out.shape, dtype=bool)
+        for k in range(ph * pw):  # the first offset that holds the maximum of its window takes the gradient
             index = offset_slice(k // pw, k % pw, self.stride, out_hw)
-            dx[index] += np.where(arg == k, grad, zero)
+            np.equal(x[index], out, out=hit)
+            hit &= ~taken
+            taken |= hit
+            if disjoint:  # windows do not overlap: each input pixel belongs to one window at most
+                np.multiply(grad, hit, out=dx[index])
+            else:
+                dx[index] += grad * hit
         return dx
 
 
