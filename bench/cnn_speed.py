@@ -34,7 +34,7 @@ NETWORKS = {
 
 
 # ---------------------------------------------------------------- the naive NumPy CNN (NCHW)
-def im2col_indices(c, h, w, k, out_hw):
+def im2col_indices(c, k, out_hw):
     """Index arrays (ch, row, col), each (c·k·k, Ho·Wo): row r of the column matrix, position p, reads
     x_padded[:, ch[r, p], row[r, p], col[r, p]] (r runs over channel, then kernel row, then kernel column)."""
     ho, wo = out_hw
@@ -49,18 +49,14 @@ class NaiveCNN:
 
     def __init__(self, spec, seed=0):
         rng = np.random.default_rng(seed)
-        self.spec, self.params, self.velocity, self.index = spec, [], [], {}
-        for layer in spec:
-            if layer[0] == "conv":
-                _, cin, cout, k, _ = layer
-                W = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (cin * k * k))
-            elif layer[0] == "dense":
-                W = rng.standard_normal((layer[1], layer[2])) * np.sqrt(2 / layer[1])
-            else:
+        self.spec, self.params, self.index = spec, [], {}
+        for kind, *a in spec:  # He-normal weights (cout, cin, k, k) or (n_in, n_out), zero biases
+            if kind not in ("conv", "dense"):
                 self.params.append(None)
                 continue
-            self.params.append([W.astype(np.float32), np.zeros(W.shape[0] if layer[0] == "conv" else W.shape[1],
-                                                               np.float32)])
+            shape, fan_in = ((a[1], a[0], a[2], a[2]), a[0] * a[2] ** 2) if kind == "conv" else (tuple(a), a[0])
+            W = rng.standard_normal(shape) * np.sqrt(2 / fan_in)
+            self.params.append([W.astype(np.float32), np.zeros(a[1], np.float32)])
         self.velocity = [None if p is None else [np.zeros_like(a) for a in p] for p in self.params]
 
     def conv_forward(self, i, x):
@@ -72,9 +68,9 @@ class NaiveCNN:
         out_hw = (hp - k + 1, wp - k + 1)
         key = (cin, hp, wp, k)
         if key not in self.index:
-            self.index[key] = im2col_indices(cin, hp, wp, k, out_hw)
-        cols = xp[:, self.index[key][0], self.index[key][1], self.index[key][2]]  # (N, K, L)
-        cols = cols.transpose(1, 2, 0).reshape(cin * k * k, -1)  # (K, L·N)
+            self.index[key] = im2col_indices(cin, k, out_hw)
+        ch, row, col = self.index[key]
+        cols = xp[:, ch, row, col].transpose(1, 2, 0).reshape(cin * k * k, -1)  # (N, K, L) -> (K, L·N)
         W, b = self.params[i]
         out = W.reshape(cout, -1) @ cols + b[:, None]
         return out.reshape(cout, out_hw[0], out_hw[1], n).transpose(3, 0, 1, 2), (cols, xp.shape, p, key)
@@ -192,27 +188,27 @@ def scratchpilot_model(spec):
 def traced_peak_mib(fn):
     """Peak MiB that NumPy/Python allocate while ``fn()`` runs, above what was live before (tracemalloc)."""
     tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    try:
-        fn()
-        return (tracemalloc.get_traced_memory()[1] - base) / MIB
-    finally:
-        tracemalloc.stop()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1] / MIB
+    tracemalloc.stop()
+    return peak
 
 
 def time_scratchpilot(spec, X, y, batches):
-    """(s/batch of fit over the timed batches, last thread count chosen, its probe medians, peak MiB)."""
-    model = scratchpilot_model(spec)
-    Xw, Xt = X[:WARMUP * BATCH].reshape(-1, 28, 28, 1), X[WARMUP * BATCH:].reshape(-1, 28, 28, 1)
-    model.fit(Xw, y[:WARMUP * BATCH], epochs=1, batch_size=BATCH, progress=False)
+    """(s/batch of a fit over the timed batches after a warm-up fit, last BLAS thread count the fit's tuner
+    chose, {threads: median s} of its last probe, tracemalloc peak MiB of a 2-batch fit, last train loss)."""
+    model, X = scratchpilot_model(spec), X.reshape(-1, 28, 28, 1)
+
+    def fit(first, last):
+        model.fit(X[first * BATCH:last * BATCH], y[first * BATCH:last * BATCH], epochs=1, batch_size=BATCH,
+                  progress=False)
+
+    fit(0, WARMUP)
     t0 = time.perf_counter()
-    model.fit(Xt, y[WARMUP * BATCH:], epochs=1, batch_size=BATCH, progress=False)
-    per_batch = (time.perf_counter() - t0) / batches
-    tuner = model.thread_tuner
-    threads, medians = (tuner.choices[-1][1], tuner.choices[-1][2]) if tuner.choices else (tuner.current, None)
-    peak = traced_peak_mib(lambda: model.fit(Xw[:2 * BATCH], y[:2 * BATCH], epochs=1, batch_size=BATCH,
-                                             progress=False))
-    return per_batch, threads, medians, peak, model.history["loss"][-1]
+    fit(WARMUP, WARMUP + batches)
+    per_batch, tuner, loss = (time.perf_counter() - t0) / batches, model.thread_tuner, model.history["loss"][-1]
+    threads, medians = tuner.choices[-1][1:] if tuner.choices else (tuner.current, None)
+    return per_batch, threads, medians, traced_peak_mib(lambda: fit(0, 2)), loss
 
 
 def torch_net(spec):
@@ -227,33 +223,34 @@ def torch_net(spec):
     return net, torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM), torch.nn.CrossEntropyLoss()
 
 
-def torch_steps(net, opt, loss_fn, Xt, yt, batches):
-    """Run ``batches`` training steps over consecutive batches of (Xt, yt); returns the last loss."""
-    for b in range(batches):
-        xb, yb = Xt[b * BATCH:(b + 1) * BATCH], yt[b * BATCH:(b + 1) * BATCH]
+def torch_steps(net, opt, loss_fn, Xt, yt, first, last):
+    """Training steps on batches ``first .. last-1`` of (Xt, yt)."""
+    for b in range(first, last):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xb), yb)
-        loss.backward()
+        loss_fn(net(Xt[b * BATCH:(b + 1) * BATCH]), yt[b * BATCH:(b + 1) * BATCH]).backward()
         opt.step()
-    return float(loss)
 
 
 def torch_rss_growth_mib(spec, X, y, threads):
-    """Run in a fresh process: ru_maxrss growth (MiB) over 3 training steps from a freshly built net."""
-    import resource
-
+    """Run in a fresh process: growth of the peak RSS (VmHWM, first reset through /proc/self/clear_refs)
+    over 3 training steps of a newly built net, in MiB (Linux)."""
     import torch
+
+    def vm_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
     torch.set_num_threads(threads)
     net, opt, loss_fn = torch_net(spec)
-    Xt, yt = torch.from_numpy(X.reshape(-1, 1, 28, 28)), torch.from_numpy(y)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    torch_steps(net, opt, loss_fn, Xt, yt, 3)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = vm_kib("VmRSS")
+    torch_steps(net, opt, loss_fn, torch.from_numpy(X.reshape(-1, 1, 28, 28)), torch.from_numpy(y), 0, 3)
+    return (vm_kib("VmHWM") - before) / 1024
 
 
 def time_torch(spec, X, y, batches):
-    """({threads: s/batch} for 1 and 2 threads, the faster count, peak MiB, note), or Nones if no torch."""
+    """({threads: s/batch} at 1 and 2 threads, the faster count, peak MiB, note); Nones without torch."""
     try:
         import torch
     except ImportError:
@@ -264,54 +261,55 @@ def time_torch(spec, X, y, batches):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             net, opt, loss_fn = torch_net(spec)
-            torch_steps(net, opt, loss_fn, Xt, yt, WARMUP)
+            torch_steps(net, opt, loss_fn, Xt, yt, 0, WARMUP)
             t0 = time.perf_counter()
-            torch_steps(net, opt, loss_fn, Xt[WARMUP * BATCH:], yt[WARMUP * BATCH:], batches)
+            torch_steps(net, opt, loss_fn, Xt, yt, WARMUP, WARMUP + batches)
             results[threads] = (time.perf_counter() - t0) / batches
     finally:
         torch.set_num_threads(before)
     best = min(results, key=results.get)
-    params = sum(p.numel() for p in net.parameters()) * 4 / MIB
+    buffers = 2 * sum(p.numel() for p in net.parameters()) * 4 / MIB
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             peak = pool.submit(torch_rss_growth_mib, spec, X[:3 * BATCH], y[:3 * BATCH], best).result()
-        memory = (f"peak MiB = ru_maxrss growth over 3 steps in a fresh process (includes gradient and momentum "
-                  f"buffers, {2 * params:.1f} MiB, and allocator effects; tracemalloc cannot see torch)")
+        memory = (f"peak MiB: growth of peak RSS (VmHWM) over 3 steps of a new net in a fresh process, its "
+                  f"gradient and momentum buffers ({buffers:.1f} MiB) included (tracemalloc cannot see torch)")
     except Exception as exc:  # a failed child is not worth losing the timings
         peak, memory = None, f"memory not measured ({type(exc).__name__}: {exc})"
     return results, best, peak, f"best of 1 and 2 threads: {best}; {memory}"
 
 
 def time_naive(spec, X, y, batches):
-    """(s/batch over the timed batches, peak MiB, loss on the first timed batch before and after)."""
-    net = NaiveCNN(spec)
-    Xn = X.reshape(-1, 1, 28, 28)
-    net.train_step(Xn[:BATCH], y[:BATCH])  # one warm-up batch (index arrays, first-touch pages)
-    x0, y0 = Xn[BATCH:2 * BATCH], y[BATCH:2 * BATCH]
-    before = net.loss_and_grads(x0, y0)[0]
+    """(s/batch over batches 1..batches after warm-up batch 0, tracemalloc peak MiB of one step,
+    loss on batch 1 before and after the timed training)."""
+    net, X = NaiveCNN(spec), X.reshape(-1, 1, 28, 28)
+
+    def batch(b):
+        return X[b * BATCH:(b + 1) * BATCH], y[b * BATCH:(b + 1) * BATCH]
+
+    net.train_step(*batch(0))
+    before = net.loss_and_grads(*batch(1))[0]
     t0 = time.perf_counter()
     for b in range(1, batches + 1):
-        net.train_step(Xn[b * BATCH:(b + 1) * BATCH], y[b * BATCH:(b + 1) * BATCH])
+        net.train_step(*batch(b))
     per_batch = (time.perf_counter() - t0) / batches
-    after = net.loss_and_grads(x0, y0)[0]
-    peak = traced_peak_mib(lambda: net.train_step(x0, y0))
-    return per_batch, peak, before, after
+    after = net.loss_and_grads(*batch(1))[0]
+    return per_batch, traced_peak_mib(lambda: net.train_step(*batch(1))), before, after
 
 
 # ---------------------------------------------------------------- the floor
 def step_flops(spec, batch=BATCH):
-    """FLOPs of every matrix product in one training step (forward, dW and dX; no dX for layer 0)."""
+    """FLOPs of every matrix product of one training step: forward, dW and dX (none for layer 0)."""
     h, w, flops = 28, 28, 0
-    for i, layer in enumerate(spec):
-        if layer[0] == "conv":
-            _, cin, cout, k, padding = layer
-            if padding == "valid":
-                h, w = h - k + 1, w - k + 1
+    for i, (kind, *a) in enumerate(spec):
+        if kind == "conv":
+            cin, cout, k, padding = a
+            h, w = (h - k + 1, w - k + 1) if padding == "valid" else (h, w)
             flops += 2 * (batch * h * w) * (k * k * cin) * cout * (3 if i else 2)
-        elif layer[0] == "pool":
+        elif kind == "pool":
             h, w = h // 2, w // 2
-        elif layer[0] == "dense":
-            flops += 2 * batch * layer[1] * layer[2] * (3 if i else 2)
+        elif kind == "dense":
+            flops += 2 * batch * a[0] * a[1] * (3 if i else 2)
     return flops
 
 
@@ -319,17 +317,14 @@ def sgemm_gflops(threads=2, repeats=5):
     """This machine's float32 GEMM rate at 1024x1024x1024 with ``threads`` BLAS threads (best of repeats)."""
     from threadpoolctl import threadpool_limits
 
-    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    a, best = np.random.default_rng(0).random((1024, 1024), dtype=np.float32), np.inf
     with threadpool_limits(limits=threads, user_api="blas"):
         a @ a
-        best = min(_timed(lambda: a @ a) for _ in range(repeats))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
     return 2 * 1024**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main(argv=None) -> dict:
@@ -338,65 +333,59 @@ def main(argv=None) -> dict:
     parser.add_argument("--naive-batches", type=int, default=5, help="timed batches of the naive CNN")
     parser.add_argument("--json", help="also write the results here (always written to bench/results/)")
     args = parser.parse_args(argv)
-    if args.batches < 1 or not 1 <= args.naive_batches <= args.batches + WARMUP - 2:
-        parser.error("need --batches >= 1 and 1 <= --naive-batches <= batches + 3")
+    if args.batches < 1 or not 1 <= args.naive_batches < args.batches + WARMUP:
+        parser.error("need --batches >= 1 and 1 <= --naive-batches < batches + 5")
 
     (X, y), _ = mnist_features()
     order = np.random.default_rng(0).permutation(len(y))[:(WARMUP + args.batches) * BATCH]
-    X, y = np.ascontiguousarray(X[order]), y[order]
+    X, y, E = np.ascontiguousarray(X[order]), y[order], EPOCH_BATCHES
     gflops, check = sgemm_gflops(), conv_check()
     results = {"problem": "MNIST CNNs, float32, batch 64, SGD lr 0.01 momentum 0.9, softmax cross-entropy",
-               "extrapolated": f"s/epoch = s/batch x {EPOCH_BATCHES} batches, timed over {args.batches} "
-                               f"batches (naive: {args.naive_batches}) after warm-up",
-               "sgemm_gflops_1024_2_threads": gflops, "naive_conv_check_max_rel_err": check,
-               "memory_note": "scratchpilot and naive: tracemalloc peak over a separate short training pass "
-                              "(2 batches / 1 batch) after the timed one, so that tracing does not slow the "
-                              "timings", "networks": {}}
+               "extrapolated": f"every s/epoch is s/batch x {E} batches, timed over {args.batches} batches "
+                               f"(naive: {args.naive_batches}) after warm-up",
+               "sgemm_gflops_1024_2_threads": gflops, "naive_conv_vs_conv2d_max_rel_err": check,
+               "memory_note": "scratchpilot and naive: tracemalloc peak over a separate short training run "
+                              "(a 2-batch fit / 1 step) after the timed one, so that tracing does not slow the "
+                              "timings; torch: see torch_note", "networks": {}}
     rows = []
     for name, spec in NETWORKS.items():
         ours, threads, medians, ours_peak, ours_loss = time_scratchpilot(spec, X, y, args.batches)
-        torch_times, torch_threads, torch_peak, torch_note = time_torch(spec, X, y, args.batches)
+        torch_b, torch_threads, torch_peak, torch_note = time_torch(spec, X, y, args.batches)
         naive, naive_peak, loss_before, loss_after = time_naive(spec, X, y, args.naive_batches)
         flops = step_flops(spec)
-        floor = flops * EPOCH_BATCHES / (gflops * 1e9)
-        torch_s = torch_times[torch_threads] * EPOCH_BATCHES if torch_times else None
-        e = {"scratchpilot_s_per_epoch_extrapolated": ours * EPOCH_BATCHES, "scratchpilot_threads": threads,
-             "scratchpilot_thread_probe_medians_s": medians, "scratchpilot_peak_mib": ours_peak,
-             "scratchpilot_last_train_loss": ours_loss,
-             "torch_s_per_epoch_extrapolated": torch_s, "torch_threads": torch_threads,
-             "torch_s_per_epoch_by_threads": {t: s * EPOCH_BATCHES for t, s in (torch_times or {}).items()},
-             "torch_peak_mib": torch_peak, "torch_note": torch_note,
-             "naive_s_per_epoch_extrapolated": naive * EPOCH_BATCHES, "naive_peak_mib": naive_peak,
-             "naive_loss_first_batch_before_after": [loss_before, loss_after],
-             "naive_note": f"fancy-index im2col + np.add.at col2im, NCHW; 1 warm-up batch, "
-                           f"{args.naive_batches} timed",
-             "matmul_gflop_per_step": flops / 1e9, "floor_s_per_epoch": floor,
-             "torch_over_scratchpilot": torch_s / (ours * EPOCH_BATCHES) if torch_s else None,
-             "naive_over_scratchpilot": naive / ours, "scratchpilot_over_floor": ours * EPOCH_BATCHES / floor}
-        results["networks"][name] = e
-        torch_label = f"pytorch cpu ({torch_threads} thr)" if torch_threads else "pytorch cpu"
-        for impl, secs, peak in (("scratchpilot", ours * EPOCH_BATCHES, ours_peak),
-                                 (torch_label, torch_s, torch_peak),
-                                 ("naive numpy im2col", naive * EPOCH_BATCHES, naive_peak),
+        floor, torch_s = flops * E / (gflops * 1e9), torch_b[torch_threads] * E if torch_b else None
+        results["networks"][name] = {
+            "scratchpilot_s_per_epoch_extrapolated": ours * E, "scratchpilot_threads": threads,
+            "scratchpilot_thread_probe_medians_s": medians, "scratchpilot_peak_mib": ours_peak,
+            "scratchpilot_train_loss": ours_loss, "torch_s_per_epoch_extrapolated": torch_s,
+            "torch_threads": torch_threads,
+            "torch_s_per_epoch_by_threads": {t: v * E for t, v in (torch_b or {}).items()},
+            "torch_peak_mib": torch_peak, "torch_note": torch_note,
+            "naive_s_per_epoch_extrapolated": naive * E, "naive_peak_mib": naive_peak,
+            "naive_loss_batch1_before_after": [loss_before, loss_after],
+            "naive_note": f"fancy-index im2col, np.add.at col2im, NCHW; 1 warm-up batch, {args.naive_batches} timed",
+            "matmul_gflop_per_step": flops / 1e9, "floor_s_per_epoch": floor,
+            "torch_over_scratchpilot": torch_s / (ours * E) if torch_s else None,
+            "naive_over_scratchpilot": naive / ours, "scratchpilot_over_floor": ours * E / floor}
+        for impl, secs, peak in (("scratchpilot", ours * E, ours_peak),
+                                 (f"pytorch cpu ({torch_threads or '-'} thr)", torch_s, torch_peak),
+                                 ("naive numpy im2col", naive * E, naive_peak),
                                  ("matmul floor (sgemm 1024^3)", floor, None)):
             rows.append({"network": name, "implementation": impl, "s/epoch (extrapolated)": secs,
-                         "x scratchpilot": secs / (ours * EPOCH_BATCHES) if secs else None, "peak MiB": peak})
+                         "x scratchpilot": secs / (ours * E) if secs else None, "peak MiB": peak})
+        print(f"{name}: scratchpilot train loss {ours_loss:.3f}, naive loss on batch 1 "
+              f"{loss_before:.3f} -> {loss_after:.3f}", flush=True)
     print(table(rows, ["network", "implementation", "s/epoch (extrapolated)", "x scratchpilot", "peak MiB"]))
     for name, e in results["networks"].items():
-        torch_ratio = f"{e['torch_over_scratchpilot']:.2f}" if e["torch_over_scratchpilot"] else "-"
-        print(f"{name}: pytorch / scratchpilot {torch_ratio} (>= 1 means scratchpilot is faster); "
-              f"naive / scratchpilot {e['naive_over_scratchpilot']:.1f}; "
-              f"scratchpilot / floor {e['scratchpilot_over_floor']:.2f}; scratchpilot used "
-              f"{e['scratchpilot_threads']} BLAS threads; naive loss on its first batch "
-              f"{loss_str(e['naive_loss_first_batch_before_after'])}; torch: {e['torch_note']}")
-    print(f"sgemm 1024^3 at 2 BLAS threads: {gflops:.1f} GFLOP/s; naive conv matches Conv2D to {check:.1e}")
+        ratio = e["torch_over_scratchpilot"]
+        print(f"{name}: pytorch / scratchpilot {'-' if ratio is None else f'{ratio:.2f}'} (>= 1.0: scratchpilot "
+              f"is faster); naive / scratchpilot {e['naive_over_scratchpilot']:.1f}; scratchpilot / floor "
+              f"{e['scratchpilot_over_floor']:.2f} (scratchpilot's BLAS threads: {e['scratchpilot_threads']})\n"
+              f"  torch: {e['torch_note']}")
+    print(f"sgemm 1024^3 at 2 BLAS threads: {gflops:.1f} GFLOP/s; naive conv = Conv2D to {check:.1e} (relative)")
     path = write_result("cnn_speed", results, also=args.json)
     print(f"results: {path}")
     return results
-
-
-def loss_str(pair) -> str:
-    return f"{pair[0]:.3f} -> {pair[1]:.3f}"
 
 
 if __name__ == "__main__":

@@ -105,11 +105,16 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
 def _build_layer(cfg: dict, where: str):
     if not isinstance(cfg, dict) or cfg.get("type") not in _LAYER_TYPES:
         raise ModelFileError(f"{where}: unknown layer {cfg!r}; known: {sorted(_LAYER_TYPES)}")
-    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("type", "trainable")}
+    trainable = cfg.get("trainable", True)
+    if not isinstance(trainable, bool):
+        raise ModelFileError(f"{where}: 'trainable' must be true or false, got {trainable!r}")
     try:
-        return _LAYER_TYPES[cfg["type"]](**kwargs)
+        layer = _LAYER_TYPES[cfg["type"]](**kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{where}: invalid layer {cfg!r}: {exc}") from None
+    layer.trainable = trainable
+    return layer
 
 
 def _build_optimizer(cfg: dict | None):

@@ -228,7 +228,8 @@ class Sequential:
         return "\n".join(lines)
 
     def config(self) -> dict:
-        return {"layers": [layer.config() for layer in self.layers], "loss": self.loss.config(),
+        layers = [{**layer.config(), **({} if layer.trainable else {"trainable": False})} for layer in self.layers]
+        return {"layers": layers, "loss": self.loss.config(),
                 "optimizer": self.optimizer.config(), "dtype": self.dtype.name,
                 "input_shape": list(self.input_shape) if self.input_shape is not None else None}
 
@@ -377,6 +378,10 @@ class Sequential:
 
     # ---------------------------------------------------------------- inference
     def _batched_output(self, X: np.ndarray, batch_size: int) -> np.ndarray:
+        # Inference batches are capped so that no layer's output exceeds ~2^22 values (16 MiB in float32):
+        # a conv net's activations for thousands of images at once would run from main memory, not cache.
+        widest = max((int(np.prod(s)) for s in self.output_shapes if s is not None), default=1)
+        batch_size = max(1, min(batch_size, (1 << 22) // max(1, widest)))
         if X.shape[0] <= batch_size:
             return self.forward(X)
         return np.concatenate([self.forward(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])

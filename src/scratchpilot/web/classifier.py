@@ -50,9 +50,12 @@ class DigitClassifier:
 
     def _describe(self) -> dict:
         model, metadata = self.model, self.model.metadata
-        widths = [model.n_inputs] + [layer.n_out for layer in model.layers if isinstance(layer, nn.Dense)]
+        # "784-512-256-10" for an MLP; a CNN's stages as "784-conv32-conv64-conv128-10"
+        widths = [str(model.n_inputs)] + [f"conv{layer.out_channels}" if isinstance(layer, nn.Conv2D)
+                                          else str(layer.n_out) for layer in model.layers
+                                          if isinstance(layer, (nn.Dense, nn.Conv2D))]
         activations = sorted({type(layer).__name__ for layer in model.layers
-                              if isinstance(layer, (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU))})
+                              if isinstance(layer, (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.LeakyReLU))})
         config = metadata.get("train_config") if isinstance(metadata.get("train_config"), dict) else {}
         history = model.history
         accuracy = metadata.get("test_accuracy")
@@ -62,7 +65,7 @@ class DigitClassifier:
         return {
             "file": self.path.name,
             "name": str(config.get("name") or self.path.stem),
-            "architecture": "-".join(str(w) for w in widths),
+            "architecture": "-".join(widths) + (f" ×{len(model.members)}" if hasattr(model, "members") else ""),
             "activations": activations,
             "loss": type(model.loss).__name__,
             "parameters": model.n_parameters(),
