@@ -64,12 +64,14 @@ def test_evaluate_kaggle_and_report_accept_the_cnn(cnn_path, csvs, tmp_path):
     assert main(["report", "model", str(cnn_path), str(root / "test_labelled.csv"), "--out", str(report),
                  "--json", str(tmp_path / "report.json")]) == 0
     assert "Conv2D(1, 32, 5x5, same)" in report.read_text()
-    assert json.loads((tmp_path / "report.json").read_text())["accuracy"] == pytest.approx(np.mean(predictions == labels))
+    reported = json.loads((tmp_path / "report.json").read_text())["accuracy"]
+    assert reported == pytest.approx(np.mean(predictions == labels))
 
 
 def test_serve_answers_with_the_cnn(cnn_path, csvs):
-    from scratchpilot.web.app import BackgroundServer, create_app
     from web_support import post_json
+
+    from scratchpilot.web.app import BackgroundServer, create_app
 
     test = resolve_dataset("mnist-test")
     with BackgroundServer(create_app(cnn_path), threads=2) as running:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import _pair, offset_slice, windows
+from .conv import _pair, offset_slice
 from .layers import Layer
 
 
