@@ -138,3 +138,25 @@ def test_cnn_layers_match_the_documented_recipe():
     assert [type(layer).__name__ for layer in model.layers[:5]] == ["Reshape", "Conv2D", "BatchNorm", "ReLU",
                                                                     "MaxPool2D"]
     assert model.output_shapes[12] == (3, 3, 128) and model.n_outputs == 10
+
+
+def test_combine_and_test_time_augmentation(cnn_path, csvs, tmp_path):
+    root, labels = csvs
+    out = tmp_path / "pair.npz"
+    assert main(["digits", "combine", str(cnn_path), str(cnn_path), "--out", str(out)]) == 0
+    pair = nn.load(out)
+    X = to_features(resolve_dataset(str(root / "test_labelled.csv")).images)
+    np.testing.assert_allclose(pair.predict_proba(X), nn.load(cnn_path).predict_proba(X), rtol=1e-5, atol=1e-6)
+    figures = tmp_path / "tta.json"
+    assert main(["digits", "evaluate", "--model", str(cnn_path), "--data", str(root / "test_labelled.csv"),
+                 "--tta", "--json", str(figures)]) == 0
+    expected = models.predict_proba_tta(nn.load(cnn_path), X).argmax(1)
+    result = json.loads(figures.read_text())
+    assert result["tta"] and result["accuracy"] == pytest.approx(np.mean(expected == labels))
+    one = np.zeros((1, 784), np.float32)
+    one[0, 0] = 1.0  # a corner pixel: the shift that would wrap it around must drop it instead
+    model = nn.Sequential([nn.Dense(784, 10)], seed=0)
+    seen = []
+    model.predict_proba = lambda x: seen.append(x.copy()) or np.ones((1, 10), np.float32)
+    models.predict_proba_tta(model, one)
+    assert [float(x.sum()) for x in seen] == [1.0, 1.0, 0.0, 1.0, 0.0]

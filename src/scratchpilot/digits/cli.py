@@ -40,8 +40,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="mnist-test", help=DATA_HELP + " (default: mnist-test)")
     p.add_argument("--plot", metavar="PNG", help="save a confusion-matrix figure")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities of each image and its four "
+                        "one-pixel shifts")
     p.add_argument("--json", metavar="PATH", help="write accuracy, n, confusion and per-class figures as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("combine", help="save several trained digits models as one ensemble model file")
+    p.add_argument("models", nargs="+", help="model files (same inputs and outputs)")
+    p.add_argument("--out", required=True, help="the ensemble's model file")
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("predict", help="predict labels for every image of a dataset")
     p.add_argument("--model", required=True)
@@ -164,12 +172,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_model(model, dataset) -> dict:
+def evaluate_model(model, dataset, tta: bool = False) -> dict:
     """Accuracy (with a 95% interval), confusion matrix and per-class figures of a model on a dataset."""
     from ..data import to_features
     from .metrics import confusion_matrix, per_class_report, wilson_interval
+    from .models import predict_proba_tta
 
-    predictions = model.predict(to_features(dataset.images))
+    features = to_features(dataset.images)
+    predictions = (predict_proba_tta(model, features) if tta else model.predict_proba(features)).argmax(axis=1)
     labels = model.metadata.get("labels") or [str(i) for i in range(model.n_outputs)]
     confusion = confusion_matrix(dataset.labels, predictions, len(labels))
     correct = int(confusion.trace())
@@ -190,7 +200,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args.data)
     if dataset.labels is None:
         raise CommandError(f"{args.data}: has no labels, cannot evaluate on it (use 'digits predict')")
-    result = evaluate_model(model, dataset)
+    result = evaluate_model(model, dataset, tta=args.tta)
+    result["tta"] = args.tta
     labels = result["labels"]
     low, high = result["accuracy_ci95"]
     print(f"{dataset.name}: accuracy {result['accuracy']:.2%} ({result['correct']:,d} / {result['n']:,d}), "
@@ -203,6 +214,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\nconfusion matrix figure: {args.plot}")
     result.pop("predictions")
     _write_json(args.json, {**result, "model": str(args.model)})
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .. import nn
+    from ..cli import CommandError
+
+    members = []
+    for path in args.models:
+        model = _load_model(path)
+        members.extend(getattr(model, "members", [model]))
+    try:
+        ensemble = nn.Ensemble(members)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    first = nn.load(args.models[0]).metadata
+    ensemble.metadata = {k: v for k, v in first.items() if k not in ("test_accuracy", "validation_accuracy")}
+    ensemble.metadata.update(ensemble=len(members), members=[str(p) for p in args.models])
+    ensemble.save(args.out)
+    print(f"saved {args.out}: an ensemble of {len(members)} models")
     return 0
 
 

@@ -121,6 +121,21 @@ def augmenter(config: TrainConfig):
     return shift_augmenter(config.augment_shift) if config.augment_shift else None
 
 
+def predict_proba_tta(model, features: np.ndarray, shape: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """Test-time augmentation: the mean of the model's probabilities for each image and its four
+    one-pixel shifts (up, down, left, right; zeros shifted in)."""
+    h, w = shape
+    images = features.reshape(-1, h, w)
+    total = model.predict_proba(features)
+    for axis, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
+        shifted = np.roll(images, step, axis=axis)
+        edge = [slice(None)] * 3
+        edge[axis] = 0 if step > 0 else -1
+        shifted[tuple(edge)] = 0
+        total += model.predict_proba(shifted.reshape(features.shape))
+    return total / 5
+
+
 def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int = 0,
           validation: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
           epochs: int | None = None) -> nn.Sequential:
