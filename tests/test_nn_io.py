@@ -123,7 +123,7 @@ def test_tampered_shape(trained, tmp_path):
     (lambda cfg, arr: cfg["layers"].append({"type": "os.system", "cmd": "rm"}), "unknown layer"),
     (lambda cfg, arr: cfg["layers"][0].update(n_in=-3), "invalid layer"),
     (lambda cfg, arr: cfg.update(loss={"type": "Evil"}), "unknown loss"),
-    (lambda cfg, arr: arr.pop("p3.b"), "missing array p3.b|need 53 parameters but the file holds only 50"),
+    (lambda cfg, arr: arr.pop("p3.b"), r"layer 3 \(Dense.*needs 18 parameter values, the file holds 15 for it \(arrays: p3.W \(5, 3\)\)"),
     (lambda cfg, arr: arr.update(extra=np.zeros(1)), "unexpected arrays"),
     (lambda cfg, arr: arr.update({"p0.b": np.full(5, np.nan, np.float32)}), "NaN"),
     (lambda cfg, arr: arr.update({"p0.b": np.zeros(5, np.float64)}), "dtype float64"),
@@ -156,3 +156,66 @@ def test_relu_model_loads(tmp_path):
     model = Sequential([Dense(3, 2), ReLU(), Dense(2, 2)], seed=1)
     model.save(tmp_path / "r.npz")
     assert load(tmp_path / "r.npz").summary() == model.summary()
+
+
+@pytest.fixture()
+def cnn_file(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.random((16, 6, 6, 1)).astype(np.float32)
+    model = Sequential([nn.Conv2D(1, 2, 3, padding="same"), nn.BatchNorm(2), nn.ReLU(), nn.MaxPool2D(2),
+                        nn.Flatten(), nn.Dense(18, 3)], seed=0, input_shape=(6, 6, 1))
+    model.fit(X, rng.integers(0, 3, 16), epochs=1, batch_size=8, progress=False)
+    path = tmp_path / "cnn.npz"
+    model.save(path)
+    return path
+
+
+def _huge(cfg):
+    """A consistent architecture that asks for ten million parameters the file does not hold."""
+    cfg["layers"][0]["out_channels"] = 10 ** 6
+    cfg["layers"][1]["n_features"] = 10 ** 6
+    cfg["layers"][5]["n_in"] = 9 * 10 ** 6
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda cfg, arr: cfg["layers"].insert(0, {"type": "Conv3D", "in_channels": 1}), "unknown layer"),
+    (lambda cfg, arr: cfg["layers"][0].update(kernel=[3, 0]), "Conv2D: kernel must be a positive integer"),
+    (lambda cfg, arr: cfg["layers"][0].update(padding="full"), "padding must be"),
+    (lambda cfg, arr: cfg["layers"][0].update(out_channels=3), r"layer 1 \(BatchNorm.*normalises 2 features"),
+    (lambda cfg, arr: _huge(cfg), r"layer 0 \(Conv2D.*needs 10,000,000 parameter values, the file holds 20"),
+    (lambda cfg, arr: arr.update({"p0.W": np.zeros((3, 3, 1, 3), np.float32)}), "p0.W has shape"),
+    (lambda cfg, arr: cfg["layers"][5].update(n_in=20), r"layer 5 \(Dense.*gives \(18,\)"),
+    (lambda cfg, arr: arr.pop("s1.running_var"), r"layer 1 \(BatchNorm.*needs 8.*holds 6"),
+    (lambda cfg, arr: arr.update({"s1.running_var": np.full(2, -1.0, np.float32)}), "negative variances"),
+    (lambda cfg, arr: cfg.update(input_shape=[6, 6, 0]), "bad input_shape"),
+    (lambda cfg, arr: cfg["layers"][0].update(trainable="no"), "'trainable' must be true or false"),
+])
+def test_tampered_cnn_files_are_refused_with_the_reason(cnn_file, tmp_path, mutate, match):
+    cfg, arrays = _good_config(cnn_file)
+    mutate(cfg, arrays)
+    bad = tmp_path / "bad.npz"
+    _write_npz(bad, **{"config.json": _config_bytes(cfg)}, **arrays)
+    with pytest.raises(ModelFileError, match=match):
+        load(bad)
+
+
+def test_truncated_cnn_file_is_refused(cnn_file, tmp_path):
+    data = cnn_file.read_bytes()
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupted"):
+        load(bad)
+
+
+def test_version_1_files_still_load(trained, tmp_path):
+    """A file as the first format wrote it: dense layers, no input_shape, no state arrays, version 1."""
+    model, path, X = trained
+    cfg, arrays = _good_config(path)
+    cfg["format_version"] = 1
+    cfg.pop("input_shape")
+    old = tmp_path / "v1.npz"
+    _write_npz(old, **{"config.json": _config_bytes(cfg)}, **arrays)
+    loaded = load(old)
+    assert loaded.input_shape == (6,)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert nn.io.FORMAT_VERSION == 2

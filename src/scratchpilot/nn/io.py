@@ -177,7 +177,6 @@ def load(path):
 
     path = Path(path)
     config, arrays = _open(path)
-    available = sum(int(a.size) for a in arrays.values())
     if "ensemble" in config:
         members_cfg = config["ensemble"]
         if not isinstance(members_cfg, list) or not members_cfg:
@@ -187,7 +186,7 @@ def load(path):
         for k, cfg in enumerate(members_cfg):
             if not isinstance(cfg, dict):
                 raise ModelFileError(f"{path}: ensemble member {k} is not a model config")
-            member, keys = _build_model(cfg, arrays, path, f"m{k}.", available, f"member {k}: ")
+            member, keys = _build_model(cfg, arrays, path, f"m{k}.", f"member {k}: ")
             members.append(member)
             expected |= keys
         try:
@@ -195,7 +194,7 @@ def load(path):
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
     else:
-        model, expected = _build_model(config, arrays, path, "", available, "")
+        model, expected = _build_model(config, arrays, path, "", "")
     extra = set(arrays) - expected
     if extra:
         raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
@@ -205,20 +204,33 @@ def load(path):
     return model
 
 
-def _build_model(config: dict, arrays: dict, path: Path, prefix: str, available: int, who: str):
+def _build_model(config: dict, arrays: dict, path: Path, prefix: str, who: str):
     """One ``Sequential`` from its config and the arrays named ``{prefix}p{i}.{name}`` / ``s{i}.{name}``."""
     from .losses import LOSSES
-    from .model import Sequential
+    from .model import Sequential, infer_shapes
 
     where = f"{path}: {who}"
     layer_cfgs = config.get("layers")
     if not isinstance(layer_cfgs, list) or not layer_cfgs:
         raise ModelFileError(f"{where}config has no layers")
     built = [_build_layer(cfg, f"{where}layer {i}") for i, cfg in enumerate(layer_cfgs)]
-    claimed = sum(layer.parameter_count() for layer in built)
-    if claimed > available:  # refuse before allocating: a tampered config could ask for any size
-        raise ModelFileError(f"{where}the layers need {claimed:,d} parameters but the file holds only "
-                             f"{available:,d} values (tampered or truncated?)")
+    input_shape = config.get("input_shape")
+    if input_shape is not None and not (isinstance(input_shape, list) and input_shape
+                                        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                for d in input_shape)):
+        raise ModelFileError(f"{where}bad input_shape {input_shape!r}")
+    try:
+        infer_shapes(built, input_shape)
+    except ValueError as exc:
+        raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
+    for i, layer in enumerate(built):  # refuse before allocating: a tampered config could ask for any size
+        own = [key for key in arrays if key.startswith((f"{prefix}p{i}.", f"{prefix}s{i}."))]
+        held = sum(int(arrays[key].size) for key in own)
+        if layer.parameter_count() > held:
+            listed = ", ".join(f"{key} {arrays[key].shape}" for key in sorted(own)) or "none"
+            raise ModelFileError(f"{where}layer {i} ({layer!r}) needs {layer.parameter_count():,d} parameter "
+                                 f"values, the file holds {held:,d} for it (arrays: {listed}); tampered "
+                                 f"or truncated?")
     loss_cfg = config.get("loss") or {}
     loss_cls = LOSSES.get(loss_cfg.get("type") if isinstance(loss_cfg, dict) else None)
     if loss_cls is None:
@@ -226,11 +238,6 @@ def _build_model(config: dict, arrays: dict, path: Path, prefix: str, available:
     dtype = config.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise ModelFileError(f"{where}unsupported dtype {dtype!r}")
-    input_shape = config.get("input_shape")
-    if input_shape is not None and not (isinstance(input_shape, list) and input_shape
-                                        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                                for d in input_shape)):
-        raise ModelFileError(f"{where}bad input_shape {input_shape!r}")
     try:
         model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
                            seed=0, dtype=dtype, input_shape=input_shape)

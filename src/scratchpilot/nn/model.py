@@ -78,6 +78,44 @@ class History(dict):
 Callback = Callable[["Sequential", int, dict], "bool | None"]
 
 
+def infer_shapes(layers: Sequence[Layer], input_shape=None
+                 ) -> tuple[tuple[int, ...] | None, list[tuple[int, ...] | None]]:
+    """``(input shape, each layer's per-example output shape)``, checked layer by layer; None where unknown.
+
+    Without ``input_shape`` the first layer may imply one (a ``Dense`` takes ``(n_in,)``); otherwise only
+    consecutive dense widths are checked. Nothing is allocated, so a loader can check a file's architecture
+    before building it. A misfit raises ValueError naming the layer, the one before it and both shapes.
+    """
+    def output(i: int, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(layer.output_shape(shape))
+        except ValueError as exc:
+            before = f"layer {i - 1} ({layers[i - 1]!r})" if i else "the input"
+            why = str(exc).removeprefix(repr(layer)).lstrip(" :")
+            raise ValueError(f"layer {i} ({layer!r}) does not fit: it {why}, but {before} gives {shape}") from None
+
+    if input_shape is None:
+        input_shape = layers[0].input_shape_hint()
+    if input_shape is None:  # unknown input: check what can be checked (consecutive dense widths)
+        shapes, width = [], None
+        for i, layer in enumerate(layers):
+            hint = layer.input_shape_hint()
+            if hint is not None:
+                width = hint
+            if width is not None:
+                width = output(i, layer, width)
+            shapes.append(width)
+        return None, shapes
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input_shape must be positive sizes, got {input_shape!r}")
+    first, shapes = shape, []
+    for i, layer in enumerate(layers):
+        shape = output(i, layer, shape)
+        shapes.append(shape)
+    return first, shapes
+
+
 class Sequential:
     """A feed-forward network: layers applied in order, one loss, one optimiser.
 
@@ -114,7 +152,7 @@ class Sequential:
         self.history = History()
         #: free-form JSON-able facts saved with the model (preprocessing spec, label names, ...)
         self.metadata: dict = {}
-        self.input_shape, self.output_shapes = self._infer_shapes(input_shape)
+        self.input_shape, self.output_shapes = infer_shapes(self.layers, input_shape)
         for i, layer in enumerate(self.layers):
             if not layer.params:  # a layer with weights (from another model) keeps them
                 layer.build(self.rng, self.dtype)
@@ -125,37 +163,6 @@ class Sequential:
         self._pack()
 
     # ---------------------------------------------------------------- structure
-    def _infer_shapes(self, input_shape) -> tuple[tuple[int, ...] | None, list[tuple[int, ...] | None]]:
-        """Each layer's per-example output shape, checked layer by layer (None where unknown)."""
-        if input_shape is None:
-            input_shape = self.layers[0].input_shape_hint()
-        if input_shape is None:  # unknown input: check what can be checked (consecutive dense widths)
-            shapes, width = [], None
-            for i, layer in enumerate(self.layers):
-                hint = layer.input_shape_hint()
-                if hint is not None:
-                    width = hint
-                if width is not None:
-                    width = self._layer_output(i, layer, width)
-                shapes.append(width)
-            return None, shapes
-        shape = tuple(int(d) for d in input_shape)
-        if not shape or min(shape) < 1:
-            raise ValueError(f"input_shape must be positive sizes, got {input_shape!r}")
-        first, shapes = shape, []
-        for i, layer in enumerate(self.layers):
-            shape = self._layer_output(i, layer, shape)
-            shapes.append(shape)
-        return first, shapes
-
-    def _layer_output(self, i: int, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
-        try:
-            return tuple(layer.output_shape(shape))
-        except ValueError as exc:
-            before = f"layer {i - 1} ({self.layers[i - 1]!r})" if i else "the input"
-            why = str(exc).removeprefix(repr(layer)).lstrip(" :")
-            raise ValueError(f"layer {i} ({layer!r}) does not fit: it {why}, but {before} gives {shape}") from None
-
     def _pack(self) -> None:
         """Put all parameters in one buffer (see :func:`scratchpilot.nn.fast.pack_parameters`)."""
         self._buffers = _fast.pack_parameters(self)
