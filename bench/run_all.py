@@ -9,7 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["train_speed", "cnn_speed", "accuracy", "csv_parse", "serve_load", "expert_score", "stream_latency"]
+BENCHMARKS = [
+    "train_speed", "cnn_speed", "conv_layout", "accuracy", "csv_parse", "serve_load", "expert_score", "stream_latency",
+]
 
 
 def main() -> int:

@@ -42,6 +42,7 @@ class TrainConfig:
     arch: str = "mlp"
     augment_degrees: float = 0.0
     augment_scale: float = 0.0
+    dense_hidden: int = 0
 
 
 #: The tutorial's exact set-up (Nielsen, ch. 1): 784-30-10, sigmoid, quadratic cost, N(0,1), batch 10, η=3.
@@ -55,13 +56,14 @@ BEST = TrainConfig(name="best", hidden=(512, 256), activation="relu", loss="soft
                    dropout=0.1, schedule="cosine", augment_shift=2)
 
 #: A small CNN (``--arch cnn``): three conv → BatchNorm → ReLU → 2×2 max-pool stages of 32, 64 and 128
-#: channels (5×5 then 3×3 kernels, "same" padding: 28 → 14 → 7 → 3), dropout 0.25 and one dense layer
-#: 1152 → 10; SGD with Nesterov momentum 0.9, lr 0.05 on a cosine schedule, weight decay 5e-4, batch 128;
-#: every training image rotated by up to ±10°, scaled by ±10 % and shifted by up to ±2 px. ``hidden``
-#: holds the channels of the three stages.
+#: channels (5×5 then 3×3 kernels, "same" padding: 28 → 14 → 7 → 3), then dense 1152 → 256 with BatchNorm,
+#: ReLU and dropout 0.25, and dense 256 → 10; Adam, lr 0.002 on a cosine schedule over 20 epochs, batch 128;
+#: every training image rotated by up to ±10°, scaled by ±10 % and shifted by up to ±2 px. ``hidden`` holds
+#: the channels of the three stages. (SGD with lr 0.05 diverged in its first steps and reached 99.36 %.)
 CNN = TrainConfig(name="cnn", arch="cnn", hidden=(32, 64, 128), activation="relu", loss="softmax", init="he",
-                  optimizer="sgd", lr=0.05, momentum=0.9, epochs=15, batch_size=128, weight_decay=5e-4,
-                  dropout=0.25, schedule="cosine", augment_shift=2, augment_degrees=10.0, augment_scale=0.1)
+                  optimizer="adam", lr=0.002, momentum=0.0, epochs=20, batch_size=128, weight_decay=0.0,
+                  dropout=0.25, schedule="cosine", augment_shift=2, augment_degrees=10.0, augment_scale=0.1,
+                  dense_hidden=256)
 
 CONFIGS = {"blog": BLOG, "best": BEST, "cnn": CNN}
 
@@ -79,9 +81,14 @@ def cnn_layers(config: TrainConfig, n_classes: int = 10) -> list[nn.Layer]:
                    nn.BatchNorm(channels), _ACTIVATIONS[config.activation](), nn.MaxPool2D(2)]
         channels_in, size = channels, size // 2
     layers.append(nn.Flatten())
+    width = size * size * channels_in
+    if config.dense_hidden:
+        layers += [nn.Dense(width, config.dense_hidden, init=config.init), nn.BatchNorm(config.dense_hidden),
+                   _ACTIVATIONS[config.activation]()]
+        width = config.dense_hidden
     if config.dropout:
         layers.append(nn.Dropout(config.dropout))
-    layers.append(nn.Dense(size * size * channels_in, n_classes, init=config.init))
+    layers.append(nn.Dense(width, n_classes, init=config.init))
     return layers
 
 
