@@ -175,10 +175,13 @@ class Sequential:
         """(index of the lowest trainable layer, parameter pairs the optimiser updates).
 
         Re-packs first if another model has since taken over one of these layers. With every layer
-        trainable the optimiser updates the one flat buffer in a few whole-array passes.
+        trainable the optimiser updates the one flat buffer in a few whole-array passes. When the grouping
+        changes (a re-pack, a layer frozen or thawed) the optimiser's per-parameter state starts afresh:
+        it is keyed by the arrays it updates.
         """
         if any(layer._packed_by is not self for layer in self._param_layers):
             self._pack()
+            self._repacked = True
         key = tuple(layer.trainable for layer in self._param_layers)
         if key != self._step_key:
             trainable = [i for i, layer in enumerate(self.layers) if layer.params and layer.trainable]
@@ -190,7 +193,10 @@ class Sequential:
                 pairs = [(layer.params[k], layer.grads[k], k in layer.decay)
                          for layer in self.layers if layer.trainable for k in layer.params]
                 self._decay_pairs = pairs
+            if self._step_key is not None or getattr(self, "_repacked", False):
+                self.optimizer.reset_state()
             self._step_key, self._first_trainable, self._flat_pairs = key, first, pairs
+            self._repacked = False
         return self._first_trainable, self._flat_pairs
 
     @property
@@ -248,19 +254,19 @@ class Sequential:
             a = layer.forward(a, training)
         return a
 
-    def backward(self, grad: np.ndarray) -> None:
+    def backward(self, grad: np.ndarray, _first: int | None = None) -> None:
         """Backpropagate dL/d(output) down to the lowest trainable layer, filling the trainable ``grads``
         (nothing below that layer needs a gradient)."""
-        first, _ = self._step_plan()
+        first = self._step_plan()[0] if _first is None else _first
         for i in range(len(self.layers) - 1, first - 1, -1):
             grad = self.layers[i].backward(grad, input_grad=i > first)
 
     def train_step(self, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """One gradient step on one mini-batch; returns (mean loss, network output)."""
+        first, pairs = self._step_plan()
         out = self.forward(X, training=True)
         loss, grad = self.loss.forward_backward(out, y)
-        self.backward(grad)
-        _, pairs = self._step_plan()
+        self.backward(grad, first)
         # weight decay applies to weights only, so it needs the per-parameter view of the buffer
         self.optimizer.step(self._decay_pairs if self.optimizer.weight_decay else pairs)
         return loss, out

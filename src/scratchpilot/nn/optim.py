@@ -73,6 +73,9 @@ class Optimizer:
     def step(self, pairs) -> None:
         raise NotImplementedError
 
+    def reset_state(self) -> None:
+        """Forget per-parameter state (momentum, running moments): the parameters were regrouped."""
+
     def config(self) -> dict:
         cfg = {"type": type(self).__name__, "lr": self.base_lr, "weight_decay": self.weight_decay}
         if self.schedule is not None:
@@ -116,6 +119,9 @@ class SGD(Optimizer):
                 param -= grad
             else:
                 param += v
+
+    def reset_state(self) -> None:
+        self._velocity.clear()
 
     def config(self) -> dict:
         return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -161,6 +167,11 @@ class Adam(Optimizer):
             denom = np.sqrt(v)
             denom += eps_hat
             param -= step_size * m / denom
+
+    def reset_state(self) -> None:
+        self._m.clear()
+        self._v.clear()
+        self.t = 0
 
     def config(self) -> dict:
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
