@@ -65,7 +65,7 @@ def test_same_padding_gives_ceil_of_size_over_stride():
     assert nn.Conv2D(1, 1, kernel=5, padding="same").output_shape((28, 28, 1)) == (28, 28, 1)
 
 
-def test_conv_chunks_large_batches_to_the_same_answer(monkeypatch):
+def test_conv_blocks_and_large_batches_give_the_same_answer(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((9, 6, 6, 2)).astype(np.float32)
     layer = nn.Conv2D(2, 3, kernel=3, padding="same")
@@ -74,7 +74,9 @@ def test_conv_chunks_large_batches_to_the_same_answer(monkeypatch):
     g = rng.standard_normal(whole.shape).astype(np.float32)
     dx_whole = layer.backward(g).copy()
     dW_whole = layer.grads["W"].copy()
-    # 2 images of 6·6 positions × 18 columns per chunk: 5 chunks, columns gathered again in backward
+    # blocks of 2 images of 6·6 positions × 18 columns, and a column matrix too big to keep whole: 5 blocks,
+    # and the backward pass gathers the columns again
+    monkeypatch.setattr(conv_module, "CACHE_BLOCK_ELEMENTS", 2 * 36 * 18)
     monkeypatch.setattr(conv_module, "MAX_COLUMN_ELEMENTS", 2 * 36 * 18)
     chunked = layer.forward(x, training=True)
     assert layer._cache[3] is None  # the column matrix was not kept whole
@@ -236,3 +238,14 @@ def test_layers_refuse_bad_arguments_with_their_name():
         nn.MaxPool2D((2, 2, 2))
     with pytest.raises(ValueError, match="BatchNorm: momentum"):
         nn.BatchNorm(3, momentum=1.0)
+
+
+def test_max_pool_ties_send_the_gradient_once():
+    x = np.ones((1, 4, 4, 2))
+    layer = nn.MaxPool2D(2)
+    layer.forward(x)
+    dx = layer.backward(np.ones((1, 2, 2, 2)))
+    assert dx.sum() == 8 and dx[0, 0, 0, 0] == 1 and dx[0, 1, 1, 0] == 0  # the first of each window
+    overlapping = nn.MaxPool2D(3, 1)
+    overlapping.forward(x)
+    assert overlapping.backward(np.ones((1, 2, 2, 2))).sum() == 8

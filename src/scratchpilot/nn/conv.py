@@ -10,9 +10,9 @@ What a convolution computes, for one image (stride s, zero padding already appli
 
     y[h, w, o] = b[o] + Σ_{i<kh} Σ_{j<kw} Σ_c x[s·h + i, s·w + j, c] · W[i, j, c, o]
 
-im2col writes every receptive field as one row of a matrix ``cols`` with ``kh·kw·C_in`` columns (gathered
-through a strided view of x: no Python loop over pixels or images), so the whole layer is one product
-``y = cols @ W.reshape(kh·kw·C_in, C_out) + b``.
+im2col writes every receptive field as one row of a matrix ``cols`` with ``kh·kw·C_in`` columns (copied
+from a strided view of x: no Python loop over pixels or images, only over blocks of images), so the whole
+layer is one product ``y = cols @ W.reshape(kh·kw·C_in, C_out) + b``.
 
 Gradients, with g = ∂L/∂y:
 
@@ -166,11 +166,6 @@ class Conv2D(_SpatialLayer):
 
     def output_shape(self, input_shape):
         return self._spatial_output(input_shape, self.out_channels)
-
-    def _columns(self, xp: np.ndarray, out_hw) -> np.ndarray:
-        """im2col: ``(n·Ho·Wo, kh·kw·C)``, one receptive field per row (a copy of the strided view)."""
-        view = windows(xp, self.kernel, self.stride, out_hw)
-        return view.reshape(-1, self.kernel[0] * self.kernel[1] * self.in_channels)
 
     def _images_per_block(self, out_hw, limit: int) -> int:
         """How many images' columns fit in ``limit`` elements (at least one)."""
