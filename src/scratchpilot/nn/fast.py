@@ -184,11 +184,6 @@ class ThreadTuner:
         self._next_probe = now + max(self.min_interval, 20 * probe_time)
 
 
-def threads_for_batch(batch_size: int) -> int | None:
-    """The fixed rule used before tuning (kept for inference paths): one thread under batch 16."""
-    return 1 if batch_size < 16 else None
-
-
 def pack_parameters(model) -> tuple[np.ndarray, np.ndarray]:
     """Move every parameter (and its gradient) of ``model.layers`` into one contiguous buffer each,
     leaving views in the layers; returns ``(params, grads)``.
