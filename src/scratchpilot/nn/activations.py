@@ -36,7 +36,10 @@ class Sigmoid(Layer):
 
     def backward(self, grad, input_grad=True):
         a = self._a
-        return grad * a * (1.0 - a)
+        out = np.subtract(1.0, a, dtype=a.dtype)  # a(1 − a) ⊙ grad, in one temporary
+        out *= a
+        out *= grad
+        return out
 
 
 class Tanh(Layer):

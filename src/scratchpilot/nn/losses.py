@@ -47,9 +47,12 @@ class Quadratic(Loss):
         return output_activations - y
 
     def forward_backward(self, output, target):
-        y = _dense_targets(target, output.shape[1], output.dtype)
-        diff = self.cost_derivative(output, y)
         n = output.shape[0]
+        if target.ndim == 1:  # labels: a − y without building the one-hot y
+            diff = output.copy()
+            diff[np.arange(n), target] -= 1
+        else:
+            diff = self.cost_derivative(output, target.astype(output.dtype, copy=False))
         loss = 0.5 * float(np.einsum("ij,ij->", diff, diff)) / n
         diff /= n
         return loss, diff

@@ -360,7 +360,7 @@ class Sequential:
                         yb = y[b * batch_size:(b + 1) * batch_size]
                     else:  # gather one batch at a time: cache-friendly, no second copy of X
                         idx = order[b * batch_size:(b + 1) * batch_size]
-                        xb, yb = np.take(X, idx, axis=0), np.take(y, idx, axis=0)
+                        xb, yb = X.take(idx, axis=0), y.take(idx, axis=0)
                     if augment is not None:
                         xb = augment(xb, self.rng)
                     loss, out = self.train_step(xb, yb)
