@@ -39,7 +39,8 @@ def main(argv=None) -> dict:
     def report(name, model, seconds):
         plain = float((model.predict_proba(features).argmax(1) == yte).mean())
         tta = float((models.predict_proba_tta(model, features).argmax(1) == yte).mean())
-        rows.append({"model": name, "test accuracy": plain, "with TTA": tta, "train s": seconds})
+        rows.append({"model": name, "test accuracy": plain, "with TTA": tta, "train s": seconds,
+                     "accuracy": f"{plain:.2%}", "accuracy with TTA": f"{tta:.2%}"})
 
     if args.models:
         for path in args.models:
@@ -58,7 +59,7 @@ def main(argv=None) -> dict:
                 model.save(Path(args.save) / f"cnn-{args.data}-seed{seed}.npz")
     if len(members) > 1:
         report(f"ensemble of {len(members)}", nn.Ensemble(members), None)
-    print(table(rows, ["model", "test accuracy", "with TTA", "train s"]))
+    print(table(rows, ["model", "accuracy", "accuracy with TTA", "train s"]))
     payload = {"data": args.data, "recipe": models._jsonable_config(models.CNN), "rows": rows}
     path = write_result(f"cnn_accuracy_{args.data}", payload, also=args.json)
     print(f"results: {path}")

@@ -220,3 +220,20 @@ def test_schedule_spans_one_fit_call():
     model.fit(X, y, epochs=3, progress=False)
     model.fit(X, y, epochs=2, progress=False)  # fine-tuning starts the schedule again
     assert model.history["lr"] == pytest.approx([0.4, 0.2, 0.1, 0.4, 0.2])
+
+
+def test_each_epoch_visits_every_example_once_in_batches(monkeypatch):
+    import scratchpilot.nn.model as model_module
+
+    monkeypatch.setattr(model_module, "GATHER_BYTES", 3 * 4 * 8)  # 3 batches of 4 rows of 8 bytes per gather
+    X = np.arange(34, dtype=np.float32).reshape(34, 1) * np.ones((1, 2), np.float32)
+    y = np.zeros(34, dtype=int)
+    model = Sequential([Dense(2, 2)], seed=0)
+    seen = []
+    real_step = model.train_step
+    model.train_step = lambda xb, yb: seen.append(xb[:, 0].astype(int).tolist()) or real_step(xb, yb)
+    model.fit(X, y, epochs=2, batch_size=4, progress=False)
+    assert [len(batch) for batch in seen] == ([4] * 8 + [2]) * 2
+    for epoch in (seen[:9], seen[9:]):
+        assert sorted(v for batch in epoch for v in batch) == list(range(34))
+    assert seen[:9] != seen[9:]  # reshuffled

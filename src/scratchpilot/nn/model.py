@@ -77,6 +77,9 @@ class History(dict):
 
 Callback = Callable[["Sequential", int, dict], "bool | None"]
 
+#: ``fit`` gathers shuffled training rows about this many bytes at a time
+GATHER_BYTES = 4 << 20
+
 
 def infer_shapes(layers: Sequence[Layer], input_shape=None
                  ) -> tuple[tuple[int, ...] | None, list[tuple[int, ...] | None]]:
@@ -340,6 +343,7 @@ class Sequential:
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         start_epoch = len(self.history.get("loss", []))
+        per_gather = max(1, GATHER_BYTES // max(1, batch_size * X[:1].nbytes))
         if threads != "auto" and threads is not None and (isinstance(threads, bool) or
                                                          not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be 'auto', None or a positive int, got {threads!r}")
@@ -358,9 +362,15 @@ class Sequential:
                     if order is None:
                         xb = X[b * batch_size:(b + 1) * batch_size]
                         yb = y[b * batch_size:(b + 1) * batch_size]
-                    else:  # gather one batch at a time: cache-friendly, no second copy of X
-                        idx = order[b * batch_size:(b + 1) * batch_size]
-                        xb, yb = X.take(idx, axis=0), y.take(idx, axis=0)
+                    else:
+                        # gather a few MiB of shuffled rows at a time (never a second copy of X) and slice
+                        # the batches from them: one gather per batch costs more than a batch of 10 computes
+                        k = b % per_gather
+                        if k == 0:
+                            idx = order[b * batch_size:(b + per_gather) * batch_size]
+                            X_gathered, y_gathered = X.take(idx, axis=0), y.take(idx, axis=0)
+                        xb = X_gathered[k * batch_size:(k + 1) * batch_size]
+                        yb = y_gathered[k * batch_size:(k + 1) * batch_size]
                     if augment is not None:
                         xb = augment(xb, self.rng)
                     loss, out = self.train_step(xb, yb)
