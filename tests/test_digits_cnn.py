@@ -160,3 +160,15 @@ def test_combine_and_test_time_augmentation(cnn_path, csvs, tmp_path):
     model.predict_proba = lambda x: seen.append(x.copy()) or np.ones((1, 10), np.float32)
     models.predict_proba_tta(model, one)
     assert [float(x.sum()) for x in seen] == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_kaggle_trains_a_cnn_and_writes_the_submission(csvs, tmp_path):
+    root, labels = csvs
+    out, figures = tmp_path / "submission.csv", tmp_path / "kaggle.json"
+    assert main(["digits", "kaggle", "--arch", "cnn", "--train", str(root / "train.csv"), "--test",
+                 str(root / "test.csv"), "--epochs", "1", "--out", str(out), "--labels",
+                 str(root / "test_labelled.csv"), "--json", str(figures), "--save-model", str(tmp_path / "k.npz")]) == 0
+    result = json.loads(figures.read_text())
+    submitted = read_submission(out, expected_rows=1000)
+    assert result["test_accuracy"] == pytest.approx(np.mean(submitted == labels)) and result["test_accuracy"] > 0.5
+    assert any(isinstance(layer, nn.Conv2D) for layer in nn.load(tmp_path / "k.npz").layers)

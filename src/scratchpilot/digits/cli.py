@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
                         "30 epochs")
     p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
                    help="mlp: 784-512-256-10 ReLU (default); cnn: three conv+BatchNorm+pool stages, "
-                        "augmented training (about 15 min here)")
+                        "augmented training (about 20 min on 2 cores)")
     p.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="train N models from different seeds and save them as one ensemble that averages "
                         "their probabilities (default 1)")
