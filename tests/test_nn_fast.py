@@ -108,32 +108,3 @@ def test_one_flat_buffer_holds_every_parameter():
     for layer in (model.layers[0], model.layers[2]):
         assert all(np.shares_memory(p, params) for p in layer.params.values())
         assert all(np.shares_memory(g, grads) for g in layer.grads.values())
-
-
-def test_two_worker_setting_splits_conv_and_pooling_to_the_same_answer():
-    import threading
-
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((9, 8, 8, 3)).astype(np.float32)
-    layers = [nn.Conv2D(3, 4, 3, padding="same"), nn.MaxPool2D(2), nn.Conv2D(4, 5, 3, stride=2)]
-    model = nn.Sequential(layers + [nn.Flatten(), nn.Dense(5, 2)], seed=0, input_shape=(8, 8, 3))
-    y = rng.integers(0, 2, 9)
-
-    def step():
-        out = model.forward(x, training=True)
-        _, grad = model.loss.forward_backward(out, y)
-        g = grad
-        for layer in reversed(model.layers):
-            g = layer.backward(g)
-        return [out.copy(), g.copy()] + [layer.grads["W"].copy() for layer in (layers[0], layers[2])]
-
-    alone = step()
-    seen = set()
-    with fast.ThreadTuner(fixed="2w"):
-        assert fast._workers == 2
-        split = step()
-        fast.split_work(lambda lo, hi: seen.add((threading.get_ident(), lo, hi)), 9)
-    assert fast._workers == 1
-    assert {(lo, hi) for _, lo, hi in seen} == {(0, 4), (4, 9)} and len({t for t, _, _ in seen}) == 2
-    for a, b in zip(alone, split, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

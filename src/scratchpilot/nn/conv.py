@@ -34,7 +34,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import init as _init
-from .fast import split_work
 from .layers import Layer, check_positive_int
 
 #: largest column matrix (elements) kept for the backward pass; bigger batches gather it again per block
@@ -187,20 +186,16 @@ class Conv2D(_SpatialLayer):
         # gather and multiply a cache-sized block of images at a time: the block's columns are still in
         # cache when the product reads them
         block = self._images_per_block(out_hw, CACHE_BLOCK_ELEMENTS)
-
-        def images(lo: int, hi: int) -> None:
-            for start in range(lo, hi, block):
-                stop = min(hi, start + block)
-                rows = slice(start * rows_per_image, stop * rows_per_image)
-                view = windows(xp[start:stop], self.kernel, self.stride, out_hw)
-                if keep:
-                    np.copyto(cols[rows].reshape(view.shape), view)
-                    part = cols[rows]
-                else:
-                    part = view.reshape(-1, k)
-                np.matmul(part, Wm, out=out[rows])
-
-        split_work(images, n)
+        for start in range(0, n, block):
+            rows = slice(start * rows_per_image, min(n, start + block) * rows_per_image)
+            view = windows(xp[start:start + block], self.kernel, self.stride, out_hw)
+            if keep:
+                part = cols[rows].reshape(view.shape)
+                np.copyto(part, view)
+                part = cols[rows]
+            else:
+                part = view.reshape(-1, k)
+            np.matmul(part, Wm, out=out[rows])
         out += self.params["b"]
         self._cache = (xp, pads, out_hw, cols, x.shape)
         return out.reshape(n, out_hw[0], out_hw[1], self.out_channels)
@@ -212,43 +207,31 @@ class Conv2D(_SpatialLayer):
         g_all = grad.reshape(-1, self.out_channels)
         if self.trainable:
             dW = self.grads["W"].reshape(-1, self.out_channels)
-            np.add.reduce(g_all, axis=0, out=self.grads["b"])
-            rows_per_image = out_hw[0] * out_hw[1]
-
-            def weight_grad(lo: int, hi: int) -> np.ndarray:
-                """Σ over images lo..hi of colsᵀ g; the columns gathered again when they were not kept."""
-                if cols is not None:
-                    rows = slice(lo * rows_per_image, hi * rows_per_image)
-                    return cols[rows].T @ g_all[rows]
-                total = None
-                for start in range(lo, hi, self._images_per_block(out_hw, MAX_COLUMN_ELEMENTS)):
-                    stop = min(hi, start + self._images_per_block(out_hw, MAX_COLUMN_ELEMENTS))
-                    c = windows(xp[start:stop], self.kernel, self.stride, out_hw).reshape(-1, Wm.shape[0])
-                    part = c.T @ grad[start:stop].reshape(-1, self.out_channels)
-                    total = part if total is None else total + part
-                return total
-
-            parts = split_work(weight_grad, n)
-            dW[...] = parts[0]
-            for part in parts[1:]:
-                dW += part
+            np.sum(g_all, axis=0, out=self.grads["b"])
+            if cols is not None:
+                np.matmul(cols.T, g_all, out=dW)
+            else:  # the columns were not kept: gather them again, a bounded block at a time
+                block = self._images_per_block(out_hw, MAX_COLUMN_ELEMENTS)
+                for start in range(0, n, block):
+                    c = windows(xp[start:start + block], self.kernel, self.stride, out_hw)
+                    c = c.reshape(-1, Wm.shape[0])
+                    g = grad[start:start + block].reshape(-1, self.out_channels)
+                    if start == 0:
+                        np.matmul(c.T, g, out=dW)
+                    else:
+                        dW += c.T @ g
         if not input_grad:
             return None
         kh, kw = self.kernel
         dxp = np.zeros_like(xp)
         block = self._images_per_block(out_hw, CACHE_BLOCK_ELEMENTS)
-
-        def input_grad_of(lo: int, hi: int) -> None:
-            for start in range(lo, hi, block):  # dcols for a cache-sized block, then the sum over offsets
-                stop = min(hi, start + block)
-                g = grad[start:stop].reshape(-1, self.out_channels)
-                dcols = (g @ Wm.T).reshape(-1, out_hw[0], out_hw[1], kh, kw, self.in_channels)
-                target = dxp[start:stop]
-                for i in range(kh):
-                    for j in range(kw):
-                        target[offset_slice(i, j, self.stride, out_hw)] += dcols[:, :, :, i, j, :]
-
-        split_work(input_grad_of, n)
+        for start in range(0, n, block):  # dcols for a cache-sized block, then the sum over kernel offsets
+            g = grad[start:start + block].reshape(-1, self.out_channels)
+            dcols = (g @ Wm.T).reshape(-1, out_hw[0], out_hw[1], kh, kw, self.in_channels)
+            target = dxp[start:start + block]
+            for i in range(kh):
+                for j in range(kw):
+                    target[offset_slice(i, j, self.stride, out_hw)] += dcols[:, :, :, i, j, :]
         (t, _), (l, _) = pads
         return dxp[:, t:t + x_shape[1], l:l + x_shape[2]]
 

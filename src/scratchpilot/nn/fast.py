@@ -20,71 +20,28 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .layers import Dense
 
 _warmed_up: set[int | None] = set()
-_controllers = None
-#: how many parts :func:`split_work` cuts a batch into (set by the tuner's "2w" setting; 1: no splitting)
-_workers = 1
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def _blas_controllers():
-    """threadpoolctl's handles on the loaded BLAS libraries (empty without threadpoolctl); looked up once."""
-    global _controllers
-    if _controllers is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # a core dependency, but keep the engine usable without it
-            _controllers = []
-        else:
-            _controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _controllers
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def candidate_threads() -> list:
-    """Settings worth trying: 1, 2 and every core's worth of BLAS threads (at most 8; more only adds
-    synchronisation here), and ``"2w"``: the convolution and pooling layers cut each batch in two halves that
-    two Python threads compute side by side at one BLAS thread each (NumPy's element-wise work — im2col,
-    the offset sums, pooling — runs on one core otherwise), everything else at two BLAS threads."""
-    cores = _cores()
-    counts: list = sorted({1, min(2, cores), min(cores, 8)})
-    return counts + (["2w"] if cores >= 2 else [])
-
-
-def split_work(fn, n: int) -> list:
-    """``[fn(lo, hi), ...]`` over ``[0, n)`` cut into as many contiguous parts as the tuner's setting says
-    (one part, called directly, unless it is ``"2w"``). The parts run side by side on a thread pool with one
-    BLAS thread each, so ``fn`` must only write to its own rows of shared outputs."""
-    k = min(_workers, n)
-    if k <= 1:
-        return [fn(0, n)]
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="scratchpilot-split")
-    bounds = [i * n // k for i in range(k + 1)]
-    controllers = _blas_controllers()
-    before = [c.num_threads for c in controllers]
-    for c in controllers:
-        c.set_num_threads(1)
+    """threadpoolctl's handles on the loaded BLAS libraries (empty without threadpoolctl)."""
     try:
-        futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
-        return [fn(bounds[0], bounds[1])] + [f.result() for f in futures]  # this thread computes a part too
-    finally:
-        for c, t in zip(controllers, before, strict=True):
-            c.set_num_threads(t)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # a core dependency, but keep the engine usable without it
+        return []
+    return ThreadpoolController().select(user_api="blas").lib_controllers
+
+
+def candidate_threads() -> list[int]:
+    """Thread counts worth trying: 1, 2 and every core (at most 8; more only adds synchronisation here)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({1, min(2, cores), min(cores, 8)})
 
 
 def current_threads() -> int | None:
@@ -141,9 +98,8 @@ class ThreadTuner:
     median batch time. Between probes the choice stays fixed for ``max(min_interval, 20 × probe time)``
     seconds, so probing costs a few per cent at most even when one candidate is much slower.
 
-    A setting is a BLAS thread count or ``"2w"`` (see :func:`candidate_threads`). ``fixed`` (one setting)
-    turns tuning off. ``choices`` records ``(batch index, setting, {setting: median s})`` after each probe,
-    for tests and benchmarks.
+    ``fixed`` (an int) turns tuning off. ``choices`` records ``(batch index, threads, {threads: median s})``
+    after each probe, for tests and benchmarks.
     """
 
     def __init__(self, candidates=None, fixed: int | None = None, probe_batches: int = 4,
@@ -155,7 +111,7 @@ class ThreadTuner:
         self.clock = clock
         self._controllers = _blas_controllers()
         self._before = [c.num_threads for c in self._controllers]
-        self.choices: list[tuple[int, int | str, dict]] = []
+        self.choices: list[tuple[int, int, dict[int, float]]] = []
         self.current = fixed if fixed is not None else self.candidates[-1]
         self._batch = 0
         self._plan: list[int] = []
@@ -172,14 +128,12 @@ class ThreadTuner:
             self._plan = []
         else:
             for n in self.candidates:
-                warm_up(int(n[:-1]) if isinstance(n, str) else n)
+                warm_up(n)
             self._start_probe()
         self._last = self.clock()
         return self
 
     def __exit__(self, *exc) -> None:
-        global _workers
-        _workers = 1
         for c, k in zip(self._controllers, self._before, strict=True):
             c.set_num_threads(k)
 
@@ -187,14 +141,12 @@ class ThreadTuner:
         """Restart the clock: the time since the last :meth:`tick` was not spent on a batch."""
         self._last = self.clock()
 
-    def _set(self, n: int | str | None) -> None:
-        global _workers
+    def _set(self, n: int | None) -> None:
         if n is None:
             return
         self.current = n
-        threads, _workers = (int(n[:-1]), int(n[:-1])) if isinstance(n, str) else (n, 1)
         for c in self._controllers:
-            c.set_num_threads(threads)
+            c.set_num_threads(n)
 
     def _start_probe(self) -> None:
         self._plan = [n for _ in range(2) for n in self.candidates for _ in range(self.probe_batches + 1)]

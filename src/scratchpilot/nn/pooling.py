@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .conv import _pair, offset_slice
-from .fast import split_work
 from .layers import Layer
 
 
@@ -55,15 +54,9 @@ class MaxPool2D(_Pool2D):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         out_hw = self._check(x)
         pw = self.pool[1]
-        out = np.empty((x.shape[0], out_hw[0], out_hw[1], x.shape[3]), dtype=x.dtype)
-
-        def images(lo: int, hi: int) -> None:
-            xs, o = x[lo:hi], out[lo:hi]
-            np.copyto(o, xs[offset_slice(0, 0, self.stride, out_hw)])
-            for k in range(1, self.pool[0] * pw):  # running maximum over the window offsets
-                np.maximum(o, xs[offset_slice(k // pw, k % pw, self.stride, out_hw)], out=o)
-
-        split_work(images, x.shape[0])
+        out = x[offset_slice(0, 0, self.stride, out_hw)].copy()
+        for k in range(1, self.pool[0] * pw):  # running maximum over the window offsets
+            np.maximum(out, x[offset_slice(k // pw, k % pw, self.stride, out_hw)], out=out)
         self._cache = (x, out, out_hw)
         return out
 
@@ -72,22 +65,17 @@ class MaxPool2D(_Pool2D):
         ph, pw = self.pool
         disjoint = self.stride[0] >= ph and self.stride[1] >= pw
         dx = np.zeros(x.shape, dtype=grad.dtype)
-
-        def images(lo: int, hi: int) -> None:
-            xs, o, g, d = x[lo:hi], out[lo:hi], grad[lo:hi], dx[lo:hi]
-            taken = np.zeros(o.shape, dtype=bool)
-            hit = np.empty(o.shape, dtype=bool)
-            for k in range(ph * pw):  # the first offset holding the maximum of its window takes the gradient
-                index = offset_slice(k // pw, k % pw, self.stride, out_hw)
-                np.equal(xs[index], o, out=hit)
-                hit &= ~taken
-                taken |= hit
-                if disjoint:  # windows do not overlap: each input pixel belongs to one window at most
-                    np.multiply(g, hit, out=d[index])
-                else:
-                    d[index] += g * hit
-
-        split_work(images, x.shape[0])
+        taken = np.zeros(out.shape, dtype=bool)
+        hit = np.empty(out.shape, dtype=bool)
+        for k in range(ph * pw):  # the first offset that holds the maximum of its window takes the gradient
+            index = offset_slice(k // pw, k % pw, self.stride, out_hw)
+            np.equal(x[index], out, out=hit)
+            hit &= ~taken
+            taken |= hit
+            if disjoint:  # windows do not overlap: each input pixel belongs to one window at most
+                np.multiply(grad, hit, out=dx[index])
+            else:
+                dx[index] += grad * hit
         return dx
 
 
