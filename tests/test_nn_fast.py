@@ -32,7 +32,8 @@ def _drive(tuner, clock, cost, batches, change_at=None, new_cost=None):
 
 def test_tuner_keeps_the_faster_thread_count_and_follows_a_change():
     clock = FakeClock()
-    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=3, min_interval=1.0, clock=clock)
+    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=4, min_block=0.0, min_interval=1.0,
+                             clock=clock)
     # two threads are faster on an idle machine; then another process takes a core and one thread wins
     at = _drive(tuner, clock, {1: 0.010, 2: 0.005}, 1200, change_at=600, new_cost={1: 0.010, 2: 0.030})
     assert tuner.choices[0][1] == 2
@@ -40,14 +41,15 @@ def test_tuner_keeps_the_faster_thread_count_and_follows_a_change():
     first_after_change = next(c for c in tuner.choices if c[0] > 600)
     assert first_after_change[1] == 1  # noticed at the next probe
     assert at[1] + at[2] == 1200
-    # probing is a small share of the batches: each probe is 16 batches, one every >= 1 s
+    # probing is a small share of the batches: each probe is 4 rounds of 3 batches per count, one every >= 1 s
     probes = len(tuner.choices)
-    assert probes * 16 < 0.25 * 1200
+    assert probes * 24 < 0.25 * 1200
 
 
 def test_tuner_ignores_the_first_batch_after_a_switch():
     clock = FakeClock()
-    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, min_interval=100.0, clock=clock)
+    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=2, min_block=0.0, min_interval=100.0,
+                             clock=clock)
     switched = {"last": None}
 
     with tuner:
@@ -57,8 +59,37 @@ def test_tuner_ignores_the_first_batch_after_a_switch():
             switched["last"] = tuner.current
             clock.t += (1.0 if slow else 0.0) + (0.002 if tuner.current == 1 else 0.001)
             tuner.tick()
-    _, best, medians = tuner.choices[0]
-    assert best == 2 and medians[2] == pytest.approx(0.001) and medians[1] == pytest.approx(0.002)
+    _, best, means = tuner.choices[0]
+    assert best == 2 and means[2] == pytest.approx(0.001) and means[1] == pytest.approx(0.002)
+
+
+def test_tuner_counts_stalls_a_median_would_hide():
+    """With a core busy, two threads are quick in most batches but stall in some: the mean sees the stalls."""
+    clock = FakeClock()
+    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=4, min_block=0.0, min_interval=100.0,
+                             clock=clock)
+    at_two = {"n": 0}
+    with tuner:
+        while not tuner.choices:
+            if tuner.current == 2:
+                at_two["n"] += 1
+            stall = tuner.current == 2 and at_two["n"] in (3, 8, 12)  # 3 of the 8 counted batches at two
+            clock.t += 0.010 if tuner.current == 1 else (0.030 if stall else 0.006)
+            tuner.tick()
+    _, best, means = tuner.choices[0]
+    assert best == 1 and means[2] > 0.010, tuner.choices
+
+
+def test_probe_blocks_last_long_enough_to_see_the_scheduler():
+    clock = FakeClock()
+    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=2, min_block=0.05, clock=clock)
+    batches = 0
+    with tuner:
+        while not tuner.choices:
+            clock.t += 0.001
+            tuner.tick()
+            batches += 1
+    assert batches >= 4 * 50  # four blocks of at least 50 ms of 1 ms batches
 
 
 def test_fixed_threads_are_set_and_restored():
@@ -72,9 +103,9 @@ def test_fixed_threads_are_set_and_restored():
 
 def test_fit_records_its_thread_choice_and_rejects_bad_thread_counts():
     rng = np.random.default_rng(0)
-    X, y = rng.random((512, 20), dtype=np.float32), rng.integers(0, 3, 512)
-    model = nn.Sequential([nn.Dense(20, 3)], seed=0)
-    model.fit(X, y, epochs=1, batch_size=16, progress=False)
+    X, y = rng.random((20000, 500), dtype=np.float32), rng.integers(0, 3, 20000)
+    model = nn.Sequential([nn.Dense(500, 200), nn.ReLU(), nn.Dense(200, 3)], seed=0)
+    model.fit(X, y, epochs=2, batch_size=64, progress=False)  # long enough for one probe of 8 blocks
     assert model.thread_tuner.choices and model.thread_tuner.choices[0][1] in fast.candidate_threads()
     with pytest.raises(ValueError, match="threads"):
         model.fit(X, y, epochs=1, progress=False, threads=0)

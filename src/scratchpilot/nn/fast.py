@@ -92,21 +92,27 @@ def set_blas_threads(n: int):
 class ThreadTuner:
     """Choose the BLAS thread count by timing training batches, and re-check every so often.
 
-    Call :meth:`tick` once per batch, after the batch (it reads the clock). A probe runs
-    ``probe_batches`` batches at each candidate count, twice in alternation (the first batch after each
-    switch is not counted: it pays for waking or parking threads), and keeps the count with the lowest
-    median batch time. Between probes the choice stays fixed for ``max(min_interval, 20 × probe time)``
-    seconds, so probing costs a few per cent at most even when one candidate is much slower.
+    Call :meth:`tick` once per batch, after the batch (it reads the clock). A probe runs a block of at
+    least ``probe_batches`` batches and ``min_block`` seconds at each candidate count, ``rounds`` times in
+    alternation (the first batch after each switch is not counted: it pays for waking or parking threads),
+    and keeps the count with the lowest mean batch time. The mean, not the median: with another process on
+    a core, two threads are quick in most batches and stall for a scheduler slice in some, and the stalls
+    are the cost; blocks of 20 ms or more see several slices, and several rounds keep one slow phase of the
+    machine from landing on one candidate only. Between probes the choice stays fixed for
+    ``max(min_interval, 20 × probe time)`` seconds, so probing costs a few per cent at most even when one
+    candidate is much slower.
 
-    ``fixed`` (an int) turns tuning off. ``choices`` records ``(batch index, threads, {threads: median s})``
+    ``fixed`` (an int) turns tuning off. ``choices`` records ``(batch index, threads, {threads: mean s})``
     after each probe, for tests and benchmarks.
     """
 
-    def __init__(self, candidates=None, fixed: int | None = None, probe_batches: int = 4,
-                 min_interval: float = 2.0, clock=time.perf_counter) -> None:
+    def __init__(self, candidates=None, fixed: int | None = None, probe_batches: int = 2, rounds: int = 4,
+                 min_block: float = 0.02, min_interval: float = 1.0, clock=time.perf_counter) -> None:
         self.candidates = list(candidates) if candidates is not None else candidate_threads()
         self.fixed = fixed
         self.probe_batches = int(probe_batches)
+        self.rounds = int(rounds)
+        self.min_block = float(min_block)
         self.min_interval = float(min_interval)
         self.clock = clock
         self._controllers = _blas_controllers()
@@ -114,8 +120,8 @@ class ThreadTuner:
         self.choices: list[tuple[int, int, dict[int, float]]] = []
         self.current = fixed if fixed is not None else self.candidates[-1]
         self._batch = 0
-        self._plan: list[int] = []
-        self._samples: dict[int, list[float]] = {}
+        self._order: list[int] = []
+        self._samples: dict[int, list[float]] | None = None
         self._last = None
         self._probe_start = 0.0
         self._next_probe = 0.0
@@ -125,7 +131,6 @@ class ThreadTuner:
     def __enter__(self) -> ThreadTuner:
         if self.fixed is not None or len(self.candidates) < 2:
             self._set(self.fixed if self.fixed is not None else self.candidates[0])
-            self._plan = []
         else:
             for n in self.candidates:
                 warm_up(n)
@@ -149,37 +154,44 @@ class ThreadTuner:
             c.set_num_threads(n)
 
     def _start_probe(self) -> None:
-        self._plan = [n for _ in range(2) for n in self.candidates for _ in range(self.probe_batches + 1)]
+        self._order = [n for _ in range(self.rounds) for n in self.candidates]  # one block each
         self._samples = {n: [] for n in self.candidates}
         self._probe_start = self.clock()
-        self._switch(self._plan[0])
+        self._begin_block()
 
-    def _switch(self, n: int) -> None:
+    def _begin_block(self) -> None:
+        n = self._order.pop(0)
         self._skip = n != self.current or not self._samples[n]
         self._set(n)
+        self._block_batches, self._block_seconds = 0, 0.0
 
     def tick(self) -> None:
         """Account for the batch that just finished and set the thread count for the next one."""
         now = self.clock()
         elapsed, self._last = now - self._last, now
         self._batch += 1
-        if not self._plan:
+        if self._samples is None:
             if self.fixed is None and len(self.candidates) > 1 and now >= self._next_probe:
                 self._start_probe()
             return
-        n = self._plan.pop(0)
         if self._skip:
             self._skip = False
         else:
-            self._samples[n].append(elapsed)
-        if self._plan:
-            if self._plan[0] != n:
-                self._switch(self._plan[0])
+            self._samples[self.current].append(elapsed)
+            self._block_batches += 1
+            self._block_seconds += elapsed
+        # a block lasts probe_batches counted batches and at least min_block seconds: a busy machine's
+        # scheduler hands out cores in slices of a few milliseconds, and a shorter block sees only one
+        if self._block_batches < self.probe_batches or self._block_seconds < self.min_block:
             return
-        medians = {k: statistics.median(v) for k, v in self._samples.items() if v}
-        best = min(medians, key=medians.get)
+        if self._order:
+            self._begin_block()
+            return
+        means = {k: statistics.fmean(v) for k, v in self._samples.items() if v}
+        best = min(means, key=means.get)
         self._set(best)
-        self.choices.append((self._batch, best, medians))
+        self.choices.append((self._batch, best, means))
+        self._samples = None
         probe_time = now - self._probe_start
         self._next_probe = now + max(self.min_interval, 20 * probe_time)
 
