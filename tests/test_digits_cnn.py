@@ -97,6 +97,11 @@ def test_ensemble_of_two_cnns_is_one_model_file(csvs, tmp_path):
     mean = (ensemble.members[0].predict_proba(X) + ensemble.members[1].predict_proba(X)) / 2
     assert figures["validation_accuracy"] == pytest.approx(np.mean(mean.argmax(1) == labels))
     assert main(["digits", "evaluate", "--model", str(out), "--data", str(root / "test_labelled.csv")]) == 0
+    report = tmp_path / "ensemble.json"
+    assert main(["report", "model", str(out), str(root / "test_labelled.csv"), "--out", str(tmp_path / "e.html"),
+                 "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["accuracy"] == pytest.approx(np.mean(mean.argmax(1) == labels))
+    assert "ensemble of 2 models" in (tmp_path / "e.html").read_text()
 
 
 def test_bad_combinations_are_refused(csvs, capsys):
