@@ -92,6 +92,21 @@ def test_probe_blocks_last_long_enough_to_see_the_scheduler():
     assert batches >= 4 * 50  # four blocks of at least 50 ms of 1 ms batches
 
 
+def test_a_recent_choice_carries_over_to_the_next_fit():
+    clock = FakeClock()
+    first = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=2, min_block=0.0, min_interval=10.0,
+                             clock=clock)
+    _drive(first, clock, {1: 0.010, 2: 0.005}, 40)
+    assert first.choices[-1][1] == 2
+    second = fast.ThreadTuner(candidates=[1, 2], clock=clock, previous=first)
+    with second:
+        assert second.current == 2 and second._samples is None  # no new probe yet
+    clock.t += 100.0  # long after: probe again
+    third = fast.ThreadTuner(candidates=[1, 2], clock=clock, previous=first)
+    with third:
+        assert third._samples is not None
+
+
 def test_fixed_threads_are_set_and_restored():
     before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     with fast.ThreadTuner(fixed=1) as tuner:

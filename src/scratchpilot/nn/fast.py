@@ -107,9 +107,13 @@ class ThreadTuner:
     """
 
     def __init__(self, candidates=None, fixed: int | None = None, probe_batches: int = 2, rounds: int = 4,
-                 min_block: float = 0.02, min_interval: float = 1.0, clock=time.perf_counter) -> None:
+                 min_block: float = 0.02, min_interval: float = 1.0, clock=time.perf_counter,
+                 previous: ThreadTuner | None = None) -> None:
         self.candidates = list(candidates) if candidates is not None else candidate_threads()
         self.fixed = fixed
+        #: the tuner of the model's last ``fit``: a choice it made recently enough is kept, not probed again
+        #: (the tutorial's ``Network.SGD`` calls ``fit`` once per epoch)
+        self.previous = previous
         self.probe_batches = int(probe_batches)
         self.rounds = int(rounds)
         self.min_block = float(min_block)
@@ -129,8 +133,13 @@ class ThreadTuner:
 
     # the tuner is a context manager so that the caller's thread setting is restored afterwards
     def __enter__(self) -> ThreadTuner:
+        last = self.previous
         if self.fixed is not None or len(self.candidates) < 2:
             self._set(self.fixed if self.fixed is not None else self.candidates[0])
+        elif (last is not None and last.choices and last.candidates == self.candidates
+              and self.clock() < last._next_probe):
+            self._set(last.current)
+            self._next_probe = last._next_probe
         else:
             for n in self.candidates:
                 warm_up(n)

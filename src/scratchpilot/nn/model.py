@@ -348,7 +348,7 @@ class Sequential:
                                                          not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be 'auto', None or a positive int, got {threads!r}")
         fixed = None if threads == "auto" else threads if threads is not None else _fast.current_threads()
-        self.thread_tuner = tuner = _fast.ThreadTuner(fixed=fixed)
+        self.thread_tuner = tuner = _fast.ThreadTuner(fixed=fixed, previous=getattr(self, "thread_tuner", None))
         with tuner:
             for epoch in range(start_epoch, start_epoch + epochs):
                 t0 = time.perf_counter()
