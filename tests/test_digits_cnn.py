@@ -177,3 +177,11 @@ def test_kaggle_trains_a_cnn_and_writes_the_submission(csvs, tmp_path):
     submitted = read_submission(out, expected_rows=1000)
     assert result["test_accuracy"] == pytest.approx(np.mean(submitted == labels)) and result["test_accuracy"] > 0.5
     assert any(isinstance(layer, nn.Conv2D) for layer in nn.load(tmp_path / "k.npz").layers)
+
+
+def test_a_model_that_takes_images_is_refused_with_the_reason(tmp_path, capsys):
+    image_model = nn.Sequential([nn.Conv2D(1, 2, 3), nn.ReLU(), nn.GlobalAvgPool2D(), nn.Dense(2, 10)],
+                                input_shape=(28, 28, 1))
+    image_model.save(tmp_path / "images.npz")
+    assert main(["digits", "evaluate", "--model", str(tmp_path / "images.npz"), "--data", "mnist-test"]) == 2
+    assert "inputs of shape (28, 28, 1)" in capsys.readouterr().err

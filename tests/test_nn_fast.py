@@ -154,3 +154,25 @@ def test_one_flat_buffer_holds_every_parameter():
     for layer in (model.layers[0], model.layers[2]):
         assert all(np.shares_memory(p, params) for p in layer.params.values())
         assert all(np.shares_memory(g, grads) for g in layer.grads.values())
+
+
+def test_a_carried_choice_carries_again():
+    clock = FakeClock()
+    tuner = fast.ThreadTuner(candidates=[1, 2], probe_batches=2, rounds=2, min_block=0.0, min_interval=10.0,
+                             clock=clock)
+    _drive(tuner, clock, {1: 0.010, 2: 0.005}, 40)
+    for _ in range(3):  # fit after fit within the interval: none probes
+        tuner = fast.ThreadTuner(candidates=[1, 2], clock=clock, previous=tuner)
+        with tuner:
+            assert tuner._samples is None and tuner.current == 2
+        clock.t += 1.0
+
+
+def test_sparse_input_dense_behind_other_layers_passes_the_gradient_on():
+    rng = np.random.default_rng(4)
+    X = rng.random((128, 20)).astype(np.float32)
+    model = nn.Sequential([nn.Dense(20, 20), nn.ReLU(), fast.SparseInputDense(20, 3)], seed=0)
+    model.layers[0].params["b"][10:] = -100  # half the hidden units are zero in every row
+    W0 = model.layers[0].params["W"].copy()
+    model.fit(X, rng.integers(0, 3, 128), epochs=1, batch_size=64, progress=False)
+    assert not np.array_equal(model.layers[0].params["W"], W0)

@@ -220,3 +220,95 @@ def test_version_1_files_still_load(trained, tmp_path):
     assert loaded.input_shape == (6,)
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
     assert nn.io.FORMAT_VERSION == 2
+
+
+def _zip_with(path, entries: dict, compression=zipfile.ZIP_DEFLATED):
+    """An .npz written by hand: {name: bytes of a .npy} — for entries numpy itself would not write."""
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+
+
+def _npy_bytes(array=None, header_shape=None, dtype="<f4"):
+    buf = io.BytesIO()
+    if header_shape is None:
+        np.save(buf, array)
+        return buf.getvalue()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": header_shape})
+    return buf.getvalue()
+
+
+def _dense_config():
+    return {"format": "scratchpilot-model", "format_version": 2, "layers": [{"type": "Dense", "n_in": 4, "n_out": 3}],
+            "loss": {"type": "SoftmaxCrossEntropy"}, "input_shape": [4]}
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    import tracemalloc
+
+    bad = tmp_path / "bomb.npz"
+    config = _npy_bytes(np.frombuffer(json.dumps(_dense_config()).encode(), np.uint8))
+    bomb = _npy_bytes(np.zeros(25_000_000, np.float32))  # 100 MB of zeros, about 100 KB deflated
+    _zip_with(bad, {"config.json.npy": config, "p0.W.npy": bomb, "p0.b.npy": _npy_bytes(np.zeros(3, np.float32))})
+    assert bad.stat().st_size < 1_000_000
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match=r"p0.W has shape \(25000000,\).*needs \(4, 3\)"):
+        load(bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000  # nothing near the 100 MB the entry unpacks to
+
+
+@pytest.mark.parametrize("entries, match", [
+    ({"p0.W.npy": _npy_bytes(header_shape=(10 ** 13,))}, r"p0.W has shape \(10000000000000,\)"),
+    ({"p0.W.npy": _npy_bytes(np.zeros((4, 3), np.float32)) + b"\0" * 200_000}, "unpacks to"),
+])
+def test_array_headers_are_checked_before_their_data(tmp_path, entries, match):
+    bad = tmp_path / "bad.npz"
+    config = _npy_bytes(np.frombuffer(json.dumps(_dense_config()).encode(), np.uint8))
+    _zip_with(bad, {"config.json.npy": config, "p0.b.npy": _npy_bytes(np.zeros(3, np.float32)), **entries})
+    with pytest.raises(ModelFileError, match=match):
+        load(bad)
+
+
+@pytest.mark.parametrize("config_text, match", [
+    (json.dumps({**_dense_config(), "layers": [{"type": ["Dense"], "n_in": 4, "n_out": 3}]}), "unknown layer"),
+    (json.dumps({**_dense_config(), "loss": {"type": ["x"]}}), "unknown loss"),
+    (json.dumps({**_dense_config(), "layers": [{"type": "Reshape", "shape": [10 ** 20]}]}),
+     "invalid layer|architecture"),
+    (json.dumps({**_dense_config(), "input_shape": [4, 2 ** 62 + 196]}), "bad input_shape"),
+    ('{"format": "scratchpilot-model", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid UTF-8 JSON"),
+    ('{"format": "scratchpilot-model", "x": ' + "9" * 5000 + "}", "not valid UTF-8 JSON"),
+    (json.dumps({**_dense_config(), "layers": [{"type": "Conv2D", "in_channels": 1, "out_channels": 1,
+                                                "kernel": 3, "padding": 10 ** 12}]}), "padding must be"),
+])
+def test_crafted_configs_get_a_model_file_error(tmp_path, config_text, match):
+    bad = tmp_path / "bad.npz"
+    config = _npy_bytes(np.frombuffer(config_text.encode(), np.uint8))
+    _zip_with(bad, {"config.json.npy": config, "p0.W.npy": _npy_bytes(np.zeros((4, 3), np.float32)),
+                    "p0.b.npy": _npy_bytes(np.zeros(3, np.float32))})
+    with pytest.raises(ModelFileError, match=match):
+        load(bad)
+
+
+def test_corrupt_and_unsupported_compression_get_a_model_file_error(tmp_path, trained):
+    _, path, _ = trained
+    data = bytearray(path.read_bytes())
+    stored = tmp_path / "stored.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(stored, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    deflated = bytearray(stored.read_bytes())
+    start = deflated.index(b"config.json.npy") + len("config.json.npy") + 40
+    deflated[start:start + 40] = b"\xff" * 40  # garbage in the middle of the first deflate stream
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(bytes(deflated))
+    with pytest.raises(ModelFileError, match="not a readable|not valid"):
+        load(corrupt)
+    flagged = tmp_path / "flagged.npz"
+    data[6] |= 1  # "encrypted" flag of the first local header
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 8] |= 1
+    flagged.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="not a readable"):
+        load(flagged)

@@ -167,3 +167,31 @@ def test_ensemble_averages_probabilities_and_saves_as_one_file(tmp_path):
     assert again.evaluate(X, y)["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == y))
     with pytest.raises(ValueError, match="member 1 maps"):
         nn.Ensemble([members[0], nn.Sequential([nn.Dense(5, 3)])])
+
+
+def test_the_same_layer_object_twice_is_refused():
+    relu = nn.ReLU()
+    with pytest.raises(ValueError, match="layer 3 .* same object as an earlier layer"):
+        nn.Sequential([nn.Dense(6, 5), relu, nn.Dense(5, 5), relu, nn.Dense(5, 3)])
+
+
+def test_batchnorm_on_a_batch_of_one_row_uses_the_running_statistics():
+    rng = np.random.default_rng(9)
+    bn = nn.BatchNorm(3)
+    bn.build(rng, np.float64)
+    bn.state["running_var"][...] = 4.0
+    out = bn.forward(np.full((1, 3), 10.0), training=True)
+    np.testing.assert_allclose(out, 10.0 / np.sqrt(4.0 + bn.eps))
+    np.testing.assert_array_equal(bn.state["running_var"], 4.0)  # untouched
+    assert np.abs(bn.backward(np.ones((1, 3)))).sum() > 0  # the gradient still flows
+    X = rng.standard_normal((33, 4)).astype(np.float32)  # 33 rows at batch 16: a last batch of one
+    model = nn.Sequential([nn.Dense(4, 3), nn.BatchNorm(3), nn.ReLU(), nn.Dense(3, 2)], seed=0)
+    model.fit(X, (X[:, 0] > 0).astype(int), epochs=2, batch_size=16, progress=False)
+    assert np.isfinite(model.layers[1].state["running_var"]).all() and model.layers[1].state["running_var"].min() > 0.01
+
+
+def test_ensemble_members_must_share_their_loss():
+    a = nn.Sequential([nn.Dense(4, 3)], seed=0)
+    b = nn.Sequential([nn.Dense(4, 3), nn.Sigmoid()], loss=nn.Quadratic(), seed=0)
+    with pytest.raises(ValueError, match="member 1 is trained with Quadratic, member 0 with SoftmaxCrossEntropy"):
+        nn.Ensemble([a, b])

@@ -100,8 +100,10 @@ def _load_model(path: str):
         model = nn.load(path)
     except nn.ModelFileError as exc:
         raise CommandError(str(exc)) from None
-    if model.n_inputs != 784:
-        raise CommandError(f"{path}: not a digits model (it takes {model.n_inputs} inputs, not 784)")
+    if model.n_inputs != 784 or model.input_shape not in (None, (784,)):
+        shape = model.input_shape or (model.n_inputs,)
+        raise CommandError(f"{path}: not a digits model (it takes inputs of shape {shape}; digits models take "
+                           f"the 784 features of a 28×28 image, and a CNN reshapes them itself)")
     return model
 
 

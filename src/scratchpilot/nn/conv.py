@@ -43,6 +43,10 @@ MAX_COLUMN_ELEMENTS = 1 << 24
 CACHE_BLOCK_ELEMENTS = 1 << 20
 
 
+#: the largest kernel, stride or padding a layer accepts (far above any real network; refuses absurd files)
+MAX_SPATIAL = 4096
+
+
 def _pair(value, name: str, layer: str) -> tuple[int, int]:
     if isinstance(value, (int, np.integer)):
         value = (value, value)
@@ -50,6 +54,8 @@ def _pair(value, name: str, layer: str) -> tuple[int, int]:
         raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
     for v in value:
         check_positive_int(v, name, layer)
+        if v > MAX_SPATIAL:
+            raise ValueError(f"{layer}: {name} must be at most {MAX_SPATIAL}, got {v!r}")
     return int(value[0]), int(value[1])
 
 
@@ -69,9 +75,10 @@ def conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int], size
             total = max((out - 1) * s + k - n, 0)
             pads.append((total // 2, total - total // 2))
         return pads[0], pads[1]
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and padding >= 0:
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) and 0 <= padding <= MAX_SPATIAL:
         return (int(padding), int(padding)), (int(padding), int(padding))
-    raise ValueError(f"{layer}: padding must be 'valid', 'same' or an int >= 0, got {padding!r}")
+    raise ValueError(f"{layer}: padding must be 'valid', 'same' or an int from 0 to {MAX_SPATIAL}, "
+                     f"got {padding!r}")
 
 
 def _pad(x: np.ndarray, pads) -> np.ndarray:

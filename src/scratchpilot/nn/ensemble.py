@@ -27,6 +27,9 @@ class Ensemble:
             if (m.n_inputs, m.n_outputs) != (first.n_inputs, first.n_outputs):
                 raise ValueError(f"ensemble member {k} maps {m.n_inputs} → {m.n_outputs} values, "
                                  f"member 0 maps {first.n_inputs} → {first.n_outputs}")
+            if type(m.loss) is not type(first.loss):  # averaging softmax and sigmoid scores means nothing
+                raise ValueError(f"ensemble member {k} is trained with {type(m.loss).__name__}, member 0 with "
+                                 f"{type(first.loss).__name__}: their scores do not average")
         self.members = members
         self.metadata: dict = {}
         self.saved_at = None

@@ -140,6 +140,7 @@ class ThreadTuner:
               and self.clock() < last._next_probe):
             self._set(last.current)
             self._next_probe = last._next_probe
+            self.choices = list(last.choices)  # so that the fit after this one can carry it over too
         else:
             for n in self.candidates:
                 warm_up(n)
@@ -233,7 +234,8 @@ class SparseInputDense(Dense):
     borders: ~290 of 784 at batch 64) in both of its products. Same results as ``Dense``; saved as one.
 
     It paid on one BLAS thread (784-100-10 at batch 64: 0.88 s against 1.03 s per epoch), but with two
-    threads the gathers cost more than they save, so it is not the default. Its input gets no gradient.
+    threads the gathers cost more than they save, so it is not the default. It pays only as a first layer,
+    whose input needs no gradient.
     """
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -256,4 +258,4 @@ class SparseInputDense(Dense):
             dW.fill(0)
             dW[self._cols] = self._x.T @ grad
             np.sum(grad, axis=0, out=self.grads["b"])
-        return None
+        return grad @ self.params["W"].T if input_grad else None

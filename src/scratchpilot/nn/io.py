@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ _LAYER_TYPES = {cls.__name__: cls for cls in (
     activations.ReLU, activations.ReLU6, activations.LeakyReLU, conv.Conv2D, conv.DepthwiseConv2D,
     pooling.MaxPool2D, pooling.AvgPool2D, pooling.GlobalAvgPool2D, norm.BatchNorm)}
 _OPTIMIZERS = {"SGD": optim.SGD, "Adam": optim.Adam}
+#: the largest size of one dimension of ``input_shape`` a model file may declare
+MAX_DIMENSION = 1 << 24
 
 
 class ModelFileError(ValueError):
@@ -103,7 +107,7 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
 
 
 def _build_layer(cfg: dict, where: str):
-    if not isinstance(cfg, dict) or cfg.get("type") not in _LAYER_TYPES:
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("type"), str) or cfg["type"] not in _LAYER_TYPES:
         raise ModelFileError(f"{where}: unknown layer {cfg!r}; known: {sorted(_LAYER_TYPES)}")
     kwargs = {k: v for k, v in cfg.items() if k not in ("type", "trainable")}
     trainable = cfg.get("trainable", True)
@@ -111,63 +115,142 @@ def _build_layer(cfg: dict, where: str):
         raise ModelFileError(f"{where}: 'trainable' must be true or false, got {trainable!r}")
     try:
         layer = _LAYER_TYPES[cfg["type"]](**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{where}: invalid layer {cfg!r}: {exc}") from None
     layer.trainable = trainable
     return layer
 
 
 def _build_optimizer(cfg: dict | None):
-    cfg = dict(cfg or {})
-    cls = _OPTIMIZERS.get(cfg.pop("type", "SGD"), optim.SGD)
+    """The saved optimiser, or plain SGD when the entry is missing or unusable: it is only needed to train
+    further, never to predict."""
+    if not isinstance(cfg, dict):
+        return optim.SGD()
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "SGD")
+    cls = _OPTIMIZERS.get(kind, optim.SGD) if isinstance(kind, str) else optim.SGD
     cfg.pop("schedule", None)  # schedules are training-time choices; not needed to predict
     try:
         return cls(**cfg)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return optim.SGD()
 
 
 def read_config(path) -> dict:
     """Read and check just the JSON config of a model file."""
-    return _open(Path(path))[0]
+    with _Archive(Path(path)) as archive:
+        return archive.config
 
 
-def _open(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
-        with archive:
-            names = set(archive.files)
-            if CONFIG_KEY not in names:
-                raise ModelFileError(f"{path}: not a scratchpilot model (no {CONFIG_KEY} entry; "
-                                     f"entries: {sorted(names)[:5]})")
-            arrays = {name: archive[name] for name in names}
-    except ModelFileError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
-        # ValueError covers pickled object arrays refused by allow_pickle=False and bad .npy headers
-        raise ModelFileError(f"{path}: not a readable scratchpilot model file "
-                             f"(truncated or corrupted?): {type(exc).__name__}: {exc}") from None
-    raw = arrays.pop(CONFIG_KEY)
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ModelFileError(f"{path}: {CONFIG_KEY} must be a 1-D uint8 array, got {raw.dtype} {raw.shape}")
-    try:
-        config = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: config is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a scratchpilot model (format is "
-                             f"{config.get('format') if isinstance(config, dict) else config!r})")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path}: bad format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: written by a newer scratchpilot (format version {version}); "
-                             f"this one reads up to {FORMAT_VERSION}: upgrade scratchpilot")
-    return config, arrays
+#: the largest config a model file may carry (its history and metadata included)
+MAX_CONFIG_BYTES = 16 << 20
+#: room for an .npy header beyond an array's data
+NPY_HEADER_BYTES = 1 << 16
+#: what can go wrong reading a zip of .npy files: truncation, a corrupt or unsupported compression, bad
+#: headers (ValueError also covers object arrays, which allow_pickle=False refuses), absurd sizes
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
+                NotImplementedError, RuntimeError, zlib.error, MemoryError, OverflowError)
+
+
+class _Archive:
+    """A model ``.npz`` read in order of trust: the config first, then each array's ``.npy`` header (shape
+    and dtype), and an array's data only once its header matches what the layer needs — so a crafted
+    entry (a deflate bomb, a header claiming 10¹³ values) is refused before anything is allocated for it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _Archive:
+        path = self.path
+        if not path.exists():
+            raise ModelFileError(f"{path}: no such model file")
+        try:
+            with open(path, "rb") as fh:
+                bare = fh.read(6) == b"\x93NUMPY"
+            if bare:
+                raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
+            self.zip = zipfile.ZipFile(path)
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from None
+        infos = {info.filename: info for info in self.zip.infolist()}
+        self.infos = {name[:-4]: info for name, info in infos.items() if name.endswith(".npy")}
+        if CONFIG_KEY not in self.infos:
+            self.zip.close()
+            raise ModelFileError(f"{path}: not a scratchpilot model (no {CONFIG_KEY} entry; "
+                                 f"entries: {sorted(infos)[:5]})")
+        try:
+            self.config = self._read_config()
+        except BaseException:
+            self.zip.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.zip.close()
+
+    def _unreadable(self, exc: BaseException) -> ModelFileError:
+        return ModelFileError(f"{self.path}: not a readable scratchpilot model file (truncated or corrupted?): "
+                              f"{type(exc).__name__}: {exc}")
+
+    def names(self) -> set[str]:
+        """The array entries (the config left out)."""
+        return set(self.infos) - {CONFIG_KEY}
+
+    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``(shape, dtype)`` from the entry's .npy header, reading nothing else."""
+        try:
+            with self.zip.open(self.infos[name]) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from None
+        if dtype.hasobject:
+            raise ModelFileError(f"{self.path}: array {name} holds Python objects (refused: never unpickled)")
+        return tuple(shape), dtype
+
+    def read(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The entry's data, after checking its header against ``shape`` and ``dtype``."""
+        got_shape, got_dtype = self.header(name)
+        if got_shape != tuple(shape):
+            raise ModelFileError(f"{self.path}: array {name} has shape {got_shape}, needs {tuple(shape)}")
+        if got_dtype != dtype:
+            raise ModelFileError(f"{self.path}: array {name} has dtype {got_dtype}, expected {dtype}")
+        needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self.infos[name].file_size > needed + NPY_HEADER_BYTES:
+            raise ModelFileError(f"{self.path}: array {name} unpacks to {self.infos[name].file_size:,d} bytes "
+                                 f"for {needed:,d} bytes of data (tampered?)")
+        try:
+            with self.zip.open(self.infos[name]) as fh:
+                return np.lib.format.read_array(fh, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from None
+
+    def _read_config(self) -> dict:
+        path = self.path
+        shape, dtype = self.header(CONFIG_KEY)
+        if dtype != np.uint8 or len(shape) != 1:
+            raise ModelFileError(f"{path}: {CONFIG_KEY} must be a 1-D uint8 array, got {dtype} {shape}")
+        if shape[0] > MAX_CONFIG_BYTES:
+            raise ModelFileError(f"{path}: {CONFIG_KEY} is {shape[0]:,d} bytes, more than the "
+                                 f"{MAX_CONFIG_BYTES:,d} a model config may take")
+        raw = self.read(CONFIG_KEY, shape, dtype)
+        try:
+            config = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            raise ModelFileError(f"{path}: config is not valid UTF-8 JSON: {type(exc).__name__}: {exc}") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ModelFileError(f"{path}: not a scratchpilot model (format is "
+                                 f"{config.get('format') if isinstance(config, dict) else config!r})")
+        version = config.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise ModelFileError(f"{path}: bad format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFileError(f"{path}: written by a newer scratchpilot (format version {version}); "
+                                 f"this one reads up to {FORMAT_VERSION}: upgrade scratchpilot")
+        return config
 
 
 def load(path):
@@ -176,7 +259,11 @@ def load(path):
     from .ensemble import Ensemble
 
     path = Path(path)
-    config, arrays = _open(path)
+    with _Archive(path) as archive:
+        return _load(archive, archive.config, path, Ensemble)
+
+
+def _load(archive: _Archive, config: dict, path: Path, Ensemble):
     if "ensemble" in config:
         members_cfg = config["ensemble"]
         if not isinstance(members_cfg, list) or not members_cfg:
@@ -186,7 +273,7 @@ def load(path):
         for k, cfg in enumerate(members_cfg):
             if not isinstance(cfg, dict):
                 raise ModelFileError(f"{path}: ensemble member {k} is not a model config")
-            member, keys = _build_model(cfg, arrays, path, f"m{k}.", f"member {k}: ")
+            member, keys = _build_model(cfg, archive, path, f"m{k}.", f"member {k}: ")
             members.append(member)
             expected |= keys
         try:
@@ -194,8 +281,8 @@ def load(path):
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
     else:
-        model, expected = _build_model(config, arrays, path, "", "")
-    extra = set(arrays) - expected
+        model, expected = _build_model(config, archive, path, "", "")
+    extra = archive.names() - expected
     if extra:
         raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
     metadata = config.get("metadata") or {}
@@ -204,7 +291,7 @@ def load(path):
     return model
 
 
-def _build_model(config: dict, arrays: dict, path: Path, prefix: str, who: str):
+def _build_model(config: dict, archive: _Archive, path: Path, prefix: str, who: str):
     """One ``Sequential`` from its config and the arrays named ``{prefix}p{i}.{name}`` / ``s{i}.{name}``."""
     from .losses import LOSSES
     from .model import Sequential, infer_shapes
@@ -216,23 +303,26 @@ def _build_model(config: dict, arrays: dict, path: Path, prefix: str, who: str):
     built = [_build_layer(cfg, f"{where}layer {i}") for i, cfg in enumerate(layer_cfgs)]
     input_shape = config.get("input_shape")
     if input_shape is not None and not (isinstance(input_shape, list) and input_shape
-                                        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                                for d in input_shape)):
-        raise ModelFileError(f"{where}bad input_shape {input_shape!r}")
+                                        and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and 0 < d <= MAX_DIMENSION for d in input_shape)):
+        raise ModelFileError(f"{where}bad input_shape {input_shape!r} (positive sizes up to {MAX_DIMENSION:,d})")
     try:
         infer_shapes(built, input_shape)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
+    names = archive.names()
     for i, layer in enumerate(built):  # refuse before allocating: a tampered config could ask for any size
-        own = [key for key in arrays if key.startswith((f"{prefix}p{i}.", f"{prefix}s{i}."))]
-        held = sum(int(arrays[key].size) for key in own)
+        own = sorted(key for key in names if key.startswith((f"{prefix}p{i}.", f"{prefix}s{i}.")))
+        headers = {key: archive.header(key) for key in own}
+        held = sum(math.prod(shape) for shape, _ in headers.values())
         if layer.parameter_count() > held:
-            listed = ", ".join(f"{key} {arrays[key].shape}" for key in sorted(own)) or "none"
+            listed = ", ".join(f"{key} {headers[key][0]}" for key in own) or "none"
             raise ModelFileError(f"{where}layer {i} ({layer!r}) needs {layer.parameter_count():,d} parameter "
                                  f"values, the file holds {held:,d} for it (arrays: {listed}); tampered "
                                  f"or truncated?")
     loss_cfg = config.get("loss") or {}
-    loss_cls = LOSSES.get(loss_cfg.get("type") if isinstance(loss_cfg, dict) else None)
+    loss_type = loss_cfg.get("type") if isinstance(loss_cfg, dict) else None
+    loss_cls = LOSSES.get(loss_type) if isinstance(loss_type, str) else None
     if loss_cls is None:
         raise ModelFileError(f"{where}unknown loss {loss_cfg!r}; known: {sorted(LOSSES)}")
     dtype = config.get("dtype", "float32")
@@ -241,7 +331,7 @@ def _build_model(config: dict, arrays: dict, path: Path, prefix: str, who: str):
     try:
         model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
                            seed=0, dtype=dtype, input_shape=input_shape)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
     expected = set()
     for i, layer in enumerate(model.layers):
@@ -249,14 +339,13 @@ def _build_model(config: dict, arrays: dict, path: Path, prefix: str, who: str):
         arrays_of_layer += [(f"{prefix}s{i}.{name}", value) for name, value in layer.state.items()]
         for key, param in arrays_of_layer:
             expected.add(key)
-            if key not in arrays:
+            if key not in names:
                 raise ModelFileError(f"{path}: missing array {key} for layer {i} ({layer!r})")
-            value = arrays[key]
-            if value.shape != param.shape:
-                raise ModelFileError(f"{path}: array {key} has shape {value.shape}, layer {i} ({layer!r}) "
+            shape, dtype = archive.header(key)
+            if shape != param.shape:
+                raise ModelFileError(f"{path}: array {key} has shape {shape}, layer {i} ({layer!r}) "
                                      f"needs {param.shape}")
-            if value.dtype != param.dtype:
-                raise ModelFileError(f"{path}: array {key} has dtype {value.dtype}, expected {param.dtype}")
+            value = archive.read(key, param.shape, param.dtype)
             if not np.isfinite(value).all():
                 raise ModelFileError(f"{path}: array {key} contains NaN or infinite values")
             if key.endswith(".running_var") and (value < 0).any():

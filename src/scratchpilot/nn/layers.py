@@ -10,6 +10,8 @@ optimiser leaves its parameters alone.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import init as _init
@@ -172,7 +174,7 @@ class Flatten(Layer):
         self._shape: tuple[int, ...] | None = None
 
     def output_shape(self, input_shape):
-        return (int(np.prod(input_shape, dtype=np.int64)),)
+        return (math.prod(input_shape),)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._shape = x.shape
@@ -197,8 +199,8 @@ class Reshape(Layer):
         self._in_shape: tuple[int, ...] | None = None
 
     def output_shape(self, input_shape):
-        size = int(np.prod(input_shape, dtype=np.int64))
-        known = int(np.prod([d for d in self.shape if d != -1], dtype=np.int64))
+        size = math.prod(input_shape)
+        known = math.prod(d for d in self.shape if d != -1)
         if -1 in self.shape:
             if size % known:
                 raise ValueError(f"{self!r} cannot reshape {tuple(input_shape)} ({size} values)")

@@ -11,6 +11,7 @@ Inputs are batch-major: ``(N, features)`` arrays, or ``(N, H, W, C)`` images for
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -145,6 +146,10 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {type(layer).__name__}, not a scratchpilot.nn Layer")
+            if any(layer is other for other in layers[:i]):
+                # a layer keeps what its backward pass needs from its last forward: it cannot stand twice
+                raise ValueError(f"layer {i} ({layer!r}) is the same object as an earlier layer; give each "
+                                 f"place its own layer (ReLU(), not one ReLU used twice)")
         self.layers = list(layers)
         self.loss = loss if loss is not None else SoftmaxCrossEntropy()
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.1)
@@ -206,7 +211,7 @@ class Sequential:
     def n_inputs(self) -> int | None:
         """Values per example (``prod(input_shape)``), or None if the model does not fix it."""
         if self.input_shape is not None:
-            return int(np.prod(self.input_shape))
+            return math.prod(self.input_shape)
         return next((layer.n_in for layer in self.layers if hasattr(layer, "n_in")), None)
 
     @property
@@ -403,7 +408,7 @@ class Sequential:
     def _batched_output(self, X: np.ndarray, batch_size: int) -> np.ndarray:
         # Inference batches are capped so that no layer's output exceeds ~2^22 values (16 MiB in float32):
         # a conv net's activations for thousands of images at once would run from main memory, not cache.
-        widest = max((int(np.prod(s)) for s in self.output_shapes if s is not None), default=1)
+        widest = max((math.prod(s) for s in self.output_shapes if s is not None), default=1)
         batch_size = max(1, min(batch_size, (1 << 22) // max(1, widest)))
         if X.shape[0] <= batch_size:
             return self.forward(X)

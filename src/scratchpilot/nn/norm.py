@@ -14,7 +14,8 @@ from .layers import Layer, check_positive_int
 class BatchNorm(Layer):
     """y = γ · (x − μ) / √(σ² + ε) + β, per feature (the last axis).
 
-    Training uses the batch's μ and σ² (biased) and updates the running statistics
+    Training uses the batch's μ and σ² (biased) and updates the running statistics (a batch of one value
+    per feature uses the running statistics instead)
     ``running ← momentum · running + (1 − momentum) · batch`` (the running variance takes the unbiased
     batch variance, as PyTorch does); inference, and a frozen layer (``trainable = False``, as in Keras),
     uses the running statistics. Both are saved with the model (``state``).
@@ -59,7 +60,9 @@ class BatchNorm(Layer):
             raise ValueError(f"{self!r} expects input with {self.n_features} features last, got {x.shape}")
         gamma, beta = self.params["gamma"], self.params["beta"]
         x2 = x.reshape(-1, self.n_features)
-        if training and self.trainable:
+        # one value per feature has no spread to normalise by (a last mini-batch of one row): that batch
+        # goes through on the running statistics and leaves them alone
+        if training and self.trainable and x2.shape[0] > 1:
             m = x2.shape[0]
             mean = x2.mean(axis=0)
             centred = x2 - mean
