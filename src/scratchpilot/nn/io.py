@@ -173,6 +173,7 @@ class _Archive:
             self.zip = zipfile.ZipFile(path)
         except _READ_ERRORS as exc:
             raise self._unreadable(exc) from None
+        self._headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         infos = {info.filename: info for info in self.zip.infolist()}
         self.infos = {name[:-4]: info for name, info in infos.items() if name.endswith(".npy")}
         if CONFIG_KEY not in self.infos:
@@ -198,7 +199,12 @@ class _Archive:
         return set(self.infos) - {CONFIG_KEY}
 
     def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        """``(shape, dtype)`` from the entry's .npy header, reading nothing else."""
+        """``(shape, dtype)`` from the entry's .npy header, reading nothing else (read once per entry)."""
+        if name not in self._headers:
+            self._headers[name] = self._read_header(name)
+        return self._headers[name]
+
+    def _read_header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         try:
             with self.zip.open(self.infos[name]) as fh:
                 version = np.lib.format.read_magic(fh)

@@ -189,7 +189,7 @@ class Sequential:
         """
         if any(layer._packed_by is not self for layer in self._param_layers):
             self._pack()
-            self._repacked = True
+            self.optimizer.reset_state()
         key = tuple(layer.trainable for layer in self._param_layers)
         if key != self._step_key:
             trainable = [i for i, layer in enumerate(self.layers) if layer.params and layer.trainable]
@@ -201,10 +201,9 @@ class Sequential:
                 pairs = [(layer.params[k], layer.grads[k], k in layer.decay)
                          for layer in self.layers if layer.trainable for k in layer.params]
                 self._decay_pairs = pairs
-            if self._step_key is not None or getattr(self, "_repacked", False):
+            if self._step_key is not None:  # a layer was frozen or thawed since the last step
                 self.optimizer.reset_state()
             self._step_key, self._first_trainable, self._flat_pairs = key, first, pairs
-            self._repacked = False
         return self._first_trainable, self._flat_pairs
 
     @property
