@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import CommandError
+
 #: modules that contribute sub-commands, in help order
 _COMMAND_MODULES = (
     "scratchpilot.digits.cli",
@@ -20,9 +22,6 @@ _COMMAND_MODULES = (
     "scratchpilot.report.cli",
 )
 
-
-class CommandError(Exception):
-    """A user-facing error: printed as ``scratchpilot: error: ...`` with exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
