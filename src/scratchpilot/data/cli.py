@@ -6,8 +6,10 @@ Imports only argparse and the standard library at import time; NumPy and the rea
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..errors import CommandError
+from ..util.files import write_json_result
 
 
 def add_parser(subparsers) -> None:
@@ -58,7 +60,6 @@ def _collection_name(text: str) -> str:
 
 def _load(spec: str, progress: bool = True):
     """resolve_dataset with its failures turned into clean command-line errors."""
-    from ..cli import CommandError
     from . import CsvFormatError, DatasetError, DownloadError, IdxFormatError, resolve_dataset
 
     try:
@@ -75,8 +76,6 @@ def _export_csv(args) -> int:
     labels = None
     if not args.no_labels:
         if dataset.labels is None:
-            from ..cli import CommandError
-
             raise CommandError(f"{dataset.name} has no labels; pass --no-labels to write the test format")
         labels = dataset.labels[:len(images)]
     write_kaggle_csv(args.out, images.reshape(len(images), -1), labels)
@@ -86,7 +85,6 @@ def _export_csv(args) -> int:
 
 
 def _fetch(args) -> int:
-    from ..cli import CommandError
     from . import DownloadError, fetch
 
     for kind in args.kinds or ["mnist"]:
@@ -120,7 +118,5 @@ def _info(args) -> int:
     else:
         print("no labels")
     print("sources: " + ", ".join(figures["sources"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json_result(args.json, figures)
     return 0

@@ -15,16 +15,18 @@ on black, filling 20 px, centred by mass. :func:`prepare_digit` does exactly tha
 5. paste into 28×28 so the centre of mass sits at pixel (14, 14) — where MNIST's mean centre of mass
    is (measured on the training set: 14.00 ± 0.29 in both axes).
 
-:func:`decode_image` turns untrusted bytes into a Pillow image, refusing non-images, unexpected formats
-and decompression bombs. Pillow is imported only when an image needs it.
+:func:`decode_image` turns untrusted bytes into a Pillow image through the package's one decoder,
+:func:`scratchpilot.util.images.open_image` (non-images, unexpected formats and decompression bombs are
+refused there). Pillow is imported only when an image needs it.
 """
 
 from __future__ import annotations
 
-import io
 import sys
 
 import numpy as np
+
+from ..util.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
 
 #: side of the network's input
 SIZE = 28
@@ -37,9 +39,9 @@ NOISE_FLOOR = 0.08
 #: an image whose strongest ink differs from the background by less than this is blank
 MIN_CONTRAST = 0.1
 #: formats :func:`decode_image` accepts (everything a browser or a phone produces for a still picture)
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+FORMATS = DEFAULT_FORMATS
 #: the largest decoded image accepted (a 12-megapixel phone photo); bigger ones are refused before decoding
-MAX_PIXELS = 4096 * 3072
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 #: pictures are reduced to this long side before the float work (the digit ends up 20 px anyway)
 WORKING_SIDE = 560
 
@@ -49,10 +51,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 class NothingDrawnError(ValueError):
     """The image has no ink: blank, or a single flat colour."""
-
-
-class ImageDecodeError(ValueError):
-    """Bytes that are not an acceptable image (unknown format, corrupt, truncated, too large)."""
 
 
 def prepare_digit(image) -> np.ndarray:
@@ -92,7 +90,7 @@ def digit_features(image) -> np.ndarray:
     return to_features(prepare_digit(image)[None])
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, *, where: str = "image"):
     """Decode untrusted image bytes into a Pillow image, ready for :func:`prepare_digit`.
 
     Only :data:`FORMATS` are tried; the pixel count is checked from the header before anything is
@@ -102,34 +100,20 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
     Raises
     ------
     ImageDecodeError
-        For empty input, an unknown format, corrupt or truncated data, or more than ``max_pixels``.
+        For empty input, an unknown format, corrupt or truncated data, or more than ``max_pixels``; the
+        message starts with ``where``.
     """
     from PIL import Image, ImageOps
 
-    if not data:
-        raise ImageDecodeError("empty upload: no image data")
+    # a JPEG is decoded by libjpeg at reduced size: the digit ends up 20 px anyway
+    img = open_image(data, where=where, formats=FORMATS, max_pixels=max_pixels, draft=("L", WORKING_SIDE))
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"image too large: {width}×{height} = {width * height:,d} pixels; "
-                                       f"the limit is {max_pixels:,d}")
-            if img.format == "JPEG":
-                img.draft("L", (WORKING_SIDE, WORKING_SIDE))  # let libjpeg decode at reduced size
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if max(img.size) > WORKING_SIDE:
-                img.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
-            return img
-    except ImageDecodeError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ImageDecodeError(f"not an image in a supported format ({', '.join(FORMATS)})") from None
-    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit tripped while opening
-        raise ImageDecodeError(f"image too large (a decompression bomb?): {exc}") from None
-    # Pillow's decoders report corrupt data through a variety of exception types
+        img = ImageOps.exif_transpose(img)
+        if max(img.size) > WORKING_SIDE:
+            img.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, MemoryError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+        raise ImageDecodeError(f"{where}: corrupt image: {type(exc).__name__}: {exc}") from None
+    return img
 
 
 # ------------------------------------------------------------------------------------------- steps

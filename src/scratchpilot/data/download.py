@@ -1,7 +1,7 @@
 """Download a file from a list of mirrors, verified by its SHA-256 (standard library only).
 
-Each mirror is tried in order. The data streams into a hidden temp file beside the destination,
-hashed as it arrives; only a complete file with the expected checksum is renamed into place, so an
+Each mirror is tried in order. The data streams through :func:`scratchpilot.util.files.atomic_write`,
+hashed as it arrives; only a complete file with the expected checksum replaces the destination, so an
 interrupted, truncated or corrupted download never leaves a file behind.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._files import byte_progress
+from ..util.files import atomic_write
+from ..util.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,17 @@ def _fetch(url: str, dest: Path, sha256: str, progress: bool, timeout: float) ->
     request = urllib.request.Request(url, headers={"User-Agent": "scratchpilot"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = response.length  # None when the server sends no Content-Length
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
-        try:
-            digest, received = hashlib.sha256(), 0
-            with open(tmp, "xb") as out, byte_progress(total, dest.name, progress) as bar:
-                while block := response.read(_BLOCK):
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
+        digest, received = hashlib.sha256(), 0
+        # raising inside the block removes the temp file and leaves ``dest`` as it was
+        with atomic_write(dest, compress=False) as out, \
+                progress_bar(total=total, desc=dest.name, enabled=progress, byte_units=True, leave=True) as bar:
+            while block := response.read(_BLOCK):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
             if total is not None and received != total:
                 raise DownloadError(f"truncated: received {received} of {total} bytes")
             if digest.hexdigest() != sha256:
                 raise ChecksumError(f"checksum mismatch: sha256 of the {received} bytes received is "
                                     f"{digest.hexdigest()}, expected {sha256}")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import GZIP_ERRORS, atomic_write, is_gzip, open_binary
+from ..util.files import atomic_write
+from ._files import GZIP_ERRORS, is_gzip, open_binary
 
 #: IDX type code -> element dtype as stored (big-endian)
 IDX_DTYPES: dict[int, np.dtype] = {

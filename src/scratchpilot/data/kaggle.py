@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import GZIP_ERRORS, atomic_write, open_binary
+from ..util.files import atomic_write
+from ._files import GZIP_ERRORS, open_binary
 
 N_PIXELS = 784
 N_CLASSES = 10

@@ -1,13 +1,16 @@
 """``scratchpilot digits ...``: train, evaluate, predict, kaggle, export-images.
 
-Only argparse is imported here; the handlers import NumPy and the engine when they run.
+Only argparse and the standard library are imported here; the handlers import NumPy and the engine when
+they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..errors import CommandError
+from ..util.files import write_json_result
 
 DATA_HELP = ("dataset: mnist, mnist-test, fashion, fashion-test, or a path "
              "(Kaggle CSV, .csv.gz, or an IDX images file with its labels file beside it)")
@@ -83,7 +86,6 @@ def add_parser(subparsers) -> None:
 
 
 def _load_dataset(spec: str):
-    from ..cli import CommandError
     from ..data import resolve_dataset
 
     try:
@@ -94,7 +96,6 @@ def _load_dataset(spec: str):
 
 def _load_model(path: str):
     from .. import nn
-    from ..cli import CommandError
 
     try:
         model = nn.load(path)
@@ -107,17 +108,10 @@ def _load_model(path: str):
     return model
 
 
-def _write_json(path: str | None, payload: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from .. import nn
-    from ..cli import CommandError
     from ..data import to_features
     from . import models
 
@@ -170,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.validate} accuracy: {acc:.2%}  ({seconds:.1f} s)")
     model.save(args.out)
     print(f"saved {args.out}")
-    _write_json(args.json, {**result, "model": str(args.out)})
+    write_json_result(args.json, {**result, "model": str(args.out)})
     return 0
 
 
@@ -195,7 +189,6 @@ def evaluate_model(model, dataset, tta: bool = False) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..cli import CommandError
     from .metrics import format_confusion, format_report, plot_confusion
 
     model = _load_model(args.model)
@@ -215,13 +208,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        title=f"{Path(args.model).name} on {dataset.name}: {result['accuracy']:.2%}")
         print(f"\nconfusion matrix figure: {args.plot}")
     result.pop("predictions")
-    _write_json(args.json, {**result, "model": str(args.model)})
+    write_json_result(args.json, {**result, "model": str(args.model)})
     return 0
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
     from .. import nn
-    from ..cli import CommandError
 
     members = []
     for path in args.models:
@@ -253,7 +245,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_kaggle(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..cli import CommandError
     from ..data import read_kaggle_csv, to_features, write_submission
     from . import models
 
@@ -305,13 +296,11 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
         acc = float(np.mean(submitted == truth))
         result.update(test_accuracy=acc, scored_against=truth_name)
         print(f"submission accuracy against the labels of {truth_name}: {acc:.2%}")
-    _write_json(args.json, {**result, "submission": str(args.out)})
+    write_json_result(args.json, {**result, "submission": str(args.out)})
     return 0
 
 
 def cmd_export_images(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
-
     try:
         from PIL import Image
     except ImportError:

@@ -1,4 +1,5 @@
-"""A dependency-free progress bar for training loops (the engine imports only NumPy)."""
+"""A dependency-free progress bar for training loops: not scratchpilot.util.progress, because the engine
+imports nothing of the project (NumPy only)."""
 
 from __future__ import annotations
 

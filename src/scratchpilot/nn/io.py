@@ -79,6 +79,7 @@ def save(model, path) -> None:
     config["metadata"] = _jsonable(model.metadata)
     arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config, allow_nan=False).encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # not scratchpilot.util.files.atomic_write: scratchpilot.nn imports nothing of the project (NumPy only)
     # a hidden temp file beside the target (same file system, so the rename is atomic; normal permissions)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

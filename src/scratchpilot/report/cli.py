@@ -7,9 +7,11 @@ handlers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from ..errors import CommandError
+from ..util.files import write_atomic, write_json_result
 
 DATA_HELP = ("mnist, mnist-test, fashion, fashion-test, a Kaggle CSV (.csv/.csv.gz), an IDX images file, "
              "a folder of images in one subfolder per label, or a folder of driving sessions")
@@ -52,14 +54,9 @@ def add_parser(subparsers) -> None:
 
 
 def _write(report, args: argparse.Namespace) -> None:
-    from ..cli import CommandError
-
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report.html, encoding="utf-8")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report.data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        write_atomic(args.out, report.html.encode("utf-8"))
+        write_json_result(args.json, report.data)
     except OSError as exc:
         raise CommandError(f"cannot write the report: {exc}") from None
     sys.stdout.write(report.markdown)
@@ -68,7 +65,6 @@ def _write(report, args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from . import data, driving
 
     progress = not args.no_progress
@@ -90,7 +86,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from . import data, driving, model
 
     try:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util.images import ImageDecodeError, decode_image
+from ..util.progress import progress as progress_bar
 from . import html as H
 from . import quality
 
@@ -147,7 +149,7 @@ def load_image_folder(folder: Path, progress: bool = True) -> ImageSplit:
     cannot be decoded, or whose size differs from the most common one, are reported as problems.
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401 - checked here to name the extra that brings it
     except ImportError:
         raise ReportError("reading an image folder needs Pillow: pip install 'scratchpilot[report]'") from None
     subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
@@ -162,14 +164,16 @@ def load_image_folder(folder: Path, progress: bool = True) -> ImageSplit:
     if not files:
         raise ReportError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in its subfolders")
     images, labels, where, problems = [], [], [], []
-    iterator = quality._progress(files, len(files), "reading images", progress and len(files) > 2000)
+    iterator = progress_bar(files, desc="reading images", unit="image", enabled=progress and len(files) > 2000)
     for label, file in iterator:
         relative = file.relative_to(folder).as_posix()
         try:
-            with Image.open(file) as picture:
-                images.append(np.asarray(picture.convert("L"), dtype=np.uint8))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            problems.append({"kind": "unreadable", "file": relative, "message": f"{relative}: cannot decode ({exc})"})
+            images.append(decode_image(file.read_bytes(), mode="L", where=relative))
+        except ImageDecodeError as exc:
+            problems.append({"kind": "unreadable", "file": relative, "message": str(exc)})
+            continue
+        except OSError as exc:
+            problems.append({"kind": "unreadable", "file": relative, "message": f"{relative}: cannot read ({exc})"})
             continue
         labels.append(label)
         where.append(relative)

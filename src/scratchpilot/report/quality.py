@@ -13,17 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    """tqdm over ``iterable`` when asked for and installed; the plain iterable otherwise."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, unit="block")
-
+from ..util.progress import progress as progress_bar
 
 # ------------------------------------------------------------------------------------------ duplicates
 
@@ -237,7 +227,7 @@ def neighbour_votes(images: np.ndarray, labels: np.ndarray, n_classes: int, rng:
 
     distances = np.full((len(labels), n_classes), np.inf, dtype=np.float32)
     blocks = range(0, len(labels), block)
-    for start in _progress(blocks, len(blocks), "nearest neighbours", progress):
+    for start in progress_bar(blocks, desc="nearest neighbours", unit="block", enabled=progress):
         queries = projected[start:start + block]
         partial = queries @ ref_scaled  # |r|^2 - 2 q.r, the part of |q - r|^2 that varies with r
         partial += ref_norms

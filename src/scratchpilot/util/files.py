@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -66,8 +67,25 @@ def write_atomic(path, data: bytes, *, durable: bool = False) -> None:
 
 
 def json_text(document: Any, *, indent: int | None = 2) -> str:
-    """Strict JSON (no NaN or infinity, which other readers reject); paths and other objects as text."""
-    return json.dumps(document, indent=indent, allow_nan=False, default=_as_text) + "\n"
+    """Strict JSON (no NaN or infinity, which other readers reject: they become null, as a diverged
+    training's loss does); paths and other objects as text."""
+    try:
+        return json.dumps(document, indent=indent, allow_nan=False, default=_as_text) + "\n"
+    except ValueError:  # a non-finite float somewhere: the rare case pays for the walk
+        return json.dumps(_finite(document), indent=indent, allow_nan=False, default=_as_text) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (NumPy's included) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # NumPy scalars and arrays
+        return _finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _as_text(value: Any) -> Any:
