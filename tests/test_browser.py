@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from web_support import small_model_path
+from web_support import BackgroundServer, small_model_path
 
 pytestmark = pytest.mark.browser
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shared_data):
-    from scratchpilot.web.app import BackgroundServer, create_app
+    from scratchpilot.web.app import create_app
 
     with BackgroundServer(create_app(small_model_path(tmp_path_factory)), threads=4) as running:
         yield running.url

@@ -69,9 +69,9 @@ def test_evaluate_kaggle_and_report_accept_the_cnn(cnn_path, csvs, tmp_path):
 
 
 def test_serve_answers_with_the_cnn(cnn_path, csvs):
-    from web_support import post_json
+    from web_support import BackgroundServer, post_json
 
-    from scratchpilot.web.app import BackgroundServer, create_app
+    from scratchpilot.web.app import create_app
 
     test = resolve_dataset("mnist-test")
     with BackgroundServer(create_app(cnn_path), threads=2) as running:

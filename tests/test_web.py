@@ -16,12 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from web_support import SCRATCHPILOT, http, multipart, png_bytes, png_claiming, post_json, small_model_path
+from web_support import (
+    SCRATCHPILOT,
+    BackgroundServer,
+    http,
+    multipart,
+    png_bytes,
+    png_claiming,
+    post_json,
+    small_model_path,
+)
 
 from scratchpilot import nn
 from scratchpilot.data import load_mnist
-from scratchpilot.web.app import MAX_BODY_BYTES, BackgroundServer, JsonPredictRoute, create_app
+from scratchpilot.web.api import MAX_BODY_BYTES
+from scratchpilot.web.app import create_app
 from scratchpilot.web.classifier import DigitClassifier
+from scratchpilot.web.fastpath import JsonPredictRoute
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_a_dead_worker_stops_the_server_loudly(model_path):
 #: a server whose one route takes 1 s: run_server with N workers in a real process, printing its port
 SLOW_SERVER = """
 import sys, time
-from scratchpilot.web.app import run_server
+from scratchpilot.web.server import run_server
 def app(environ, start_response):
     time.sleep(1.0)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])

@@ -131,3 +131,44 @@ def serving(*args, env=None, command=SCRATCHPILOT):
             process.kill()
             raise
     assert process.returncode == 0, process.stderr.read()
+
+
+class BackgroundServer:
+    """Run ``app`` on waitress in a daemon thread: ``with BackgroundServer(app) as s: s.url``.
+
+    Parameters
+    ----------
+    app : the WSGI app.
+    host, port : where to listen; port 0 (default) picks a free port.
+    threads : waitress worker threads.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+        import threading
+
+        from scratchpilot.web.server import make_server
+
+        self._socket_map: dict = {}
+        self.server = make_server(app, host=host, port=port, threads=threads, socket_map=self._socket_map)
+        self.url = f"http://{host}:{self.server.effective_port}"
+        self._thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the requests being handled, close the listening socket and every connection, and wait
+        for the serving thread to end."""
+        self.server.task_dispatcher.shutdown(timeout=timeout)
+
+        def close_everything():
+            for dispatcher in list(self._socket_map.values()):
+                dispatcher.close()
+
+        # the serving thread owns the sockets: closing them under its select() would fail there (EBADF)
+        self.server.trigger.pull_trigger(close_everything)
+        self._thread.join(timeout)

@@ -1,6 +1,7 @@
 """``scratchpilot serve``: the digits web classifier on waitress.
 
-Only argparse is imported here; Flask, waitress and the model load when the command runs.
+Only argparse and the standard library are imported here; Flask, waitress and the model load when the
+command runs.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+
+from ..errors import CommandError
 
 
 def add_parser(subparsers) -> None:
@@ -45,11 +48,10 @@ def _port(text: str) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ..cli import CommandError
-
     try:
         from .. import nn
-        from .app import create_app, run_server
+        from .app import create_app
+        from .server import run_server
     except ModuleNotFoundError as exc:
         raise CommandError(f"serve needs the web extra ({exc.name} is missing): pip install 'scratchpilot[web]'"
                            ) from None

@@ -41,7 +41,7 @@ def serve_workers(make_server, workers: int, host: str, port: int, on_ready=None
     Parameters
     ----------
     make_server : called in each worker with ``sockets=[...]`` and ``socket_map={...}``; returns a waitress
-        server (see :func:`scratchpilot.web.app.make_server`). The app is loaded before forking.
+        server (see :func:`scratchpilot.web.server.make_server`). The app is loaded before forking.
     workers, host, port : as ``scratchpilot serve``; port 0 picks a free one.
     on_ready : called with the port listened on once connections are accepted.
     pin : keep each worker on one CPU of those this process may use (Linux), worker *i* on the *i*-th.
