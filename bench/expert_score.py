@@ -1,7 +1,7 @@
 """How well the scripted expert drives, and how fast the simulator runs.
 
 Drives tracks 0..9 of ``CarRacing-v3`` (discrete actions, 1000-frame limit) with
-:class:`scratchpilot.car.expert.ScriptedExpert`, prints each track's score and the mean, then times the
+:class:`scratchpilot.car.sim.expert.ScriptedExpert`, prints each track's score and the mean, then times the
 simulator: state-only stepping (what the expert needs) and stepping with 96x96 frames, both with the
 vectorised road painter and with gymnasium's own drawing. Writes everything to
 ``bench/results/expert_score.json``.
@@ -39,8 +39,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def score_tracks(seeds: list[int]) -> tuple[list[dict], float]:
     """Drive each track state-only; return per-track metrics and the total wall time in seconds."""
-    from scratchpilot.car.expert import ScriptedExpert, drive_episode
-    from scratchpilot.car.sim import Simulator
+    from scratchpilot.car.sim.env import Simulator
+    from scratchpilot.car.sim.expert import ScriptedExpert, drive_episode
 
     rows = []
     start = time.perf_counter()
@@ -58,8 +58,8 @@ def score_tracks(seeds: list[int]) -> tuple[list[dict], float]:
 
 def time_rendering(seed: int, steps: int, fast_render: bool) -> float:
     """Frames per second of expert driving with 96x96 observations drawn every step."""
-    from scratchpilot.car.expert import ScriptedExpert
-    from scratchpilot.car.sim import Simulator
+    from scratchpilot.car.sim.env import Simulator
+    from scratchpilot.car.sim.expert import ScriptedExpert
 
     with Simulator(seed, fast_render=fast_render) as sim:
         expert = ScriptedExpert()
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-    from scratchpilot.car.expert import ExpertParams
+    from scratchpilot.car.sim.expert import ExpertParams
 
     rows, seconds = score_tracks(args.seeds)
     scores = [row["score"] for row in rows]

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchpilot.car.importers import (
+from scratchpilot.car.links import LABELS
+from scratchpilot.car.sessions import Session
+from scratchpilot.car.sessions.importers import (
     ImportFormatError,
     angle_to_label,
     import_any,
     import_autorccar,
     import_tub,
 )
-from scratchpilot.car.recorder import Session
-from scratchpilot.car.sim import LABELS
 
 TUB_ARCHIVE = Path(os.environ["SCRATCHPILOT_DATA"]) / "donkeycar-tub" / "tub.tar.gz"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchpilot.car import recorder
+from scratchpilot.car.links import LABELS
 from scratchpilot.car.preprocess import FramePreprocessor
-from scratchpilot.car.recorder import Session, SessionError, SessionWriter, list_sessions, load_frames
-from scratchpilot.car.sim import LABELS
+from scratchpilot.car.sessions import Session, SessionError, SessionWriter, list_sessions, load_frames
+from scratchpilot.car.sessions import writer as recorder
 
 
 def frame_for(i: int, shape=(12, 16, 3)) -> np.ndarray:
@@ -192,10 +192,10 @@ def test_stray_temp_files_and_unlisted_chunks_are_ignored(tmp_path):
 def test_a_failed_chunk_write_ends_the_recording_but_keeps_what_was_written(tmp_path, monkeypatch):
     real_write = recorder.write_atomic
 
-    def failing_write(path, data):
+    def failing_write(path, data, **options):
         if path.name == "chunk-000001.npz":
             raise OSError(28, "No space left on device")
-        real_write(path, data)
+        real_write(path, data, **options)
 
     monkeypatch.setattr(recorder, "write_atomic", failing_write)
     writer = SessionWriter(tmp_path, chunk_frames=5)
@@ -234,7 +234,7 @@ def test_load_frames_groups_by_session_and_episode(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from scratchpilot.car.recorder import SessionWriter
+    from scratchpilot.car.sessions import SessionWriter
 
     writer = SessionWriter(sys.argv[1], source="test", driver="victim", name="victim", chunk_frames=20,
                            chunk_seconds=1e9)
@@ -252,7 +252,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("extra_delay", [0.0, 0.037, 0.111])
 def test_kill_9_while_recording_loses_at_most_the_chunk_in_progress(tmp_path, extra_delay):
-    env = {**os.environ, "PYTHONPATH": str(Path(recorder.__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(recorder.__file__).parents[3])}
     process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
                                text=True, env=env)
     try:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from scratchpilot.car.recorder import Session, SessionError, SessionWriter
-from scratchpilot.car.sessions import exclude, exclusions, format_table, restore, summarize
+from scratchpilot.car.sessions import Session, SessionError, SessionWriter
+from scratchpilot.car.sessions.cleaning import exclude, exclusions, format_table, restore, summarize
 
 
 def make_session(root, labels, *, episodes=None, fps=50.0, name=None, close=True):

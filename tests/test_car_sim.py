@@ -8,18 +8,16 @@ import pytest
 pytest.importorskip("gymnasium")
 pytest.importorskip("Box2D")
 
-from scratchpilot.car.expert import ScriptedExpert, drive_episode, racing_line  # noqa: E402
-from scratchpilot.car.keyboard import drive_with_keyboard, keys_to_label  # noqa: E402
-from scratchpilot.car.sim import (  # noqa: E402
+from scratchpilot.car.links import LABELS, CarLink  # noqa: E402
+from scratchpilot.car.parts import keys_to_label  # noqa: E402
+from scratchpilot.car.sim.env import (  # noqa: E402
     INDICATOR_BAR_ROWS,
     LABEL_TO_ACTION,
-    LABELS,
-    Actuator,
-    FrameSource,
     Simulator,
     label_to_action,
     make_env,
 )
+from scratchpilot.car.sim.expert import ScriptedExpert, drive_episode, racing_line  # noqa: E402
 
 
 @pytest.fixture()
@@ -60,9 +58,9 @@ def test_left_turns_the_car_counter_clockwise(state_sim):
 
 
 # -- frames and interfaces ----------------------------------------------------------------------------
-def test_simulator_is_a_frame_source_and_an_actuator():
+def test_simulator_is_a_frame_source_and_a_car_link():
     with Simulator(seed=1) as sim:
-        assert isinstance(sim, FrameSource) and isinstance(sim, Actuator)
+        assert isinstance(sim, CarLink) and sim.ready
         frame, t0 = sim.read()
         assert frame.shape == (96, 96, 3) and frame.dtype == np.uint8
         sim.send("forward")
@@ -195,17 +193,22 @@ def test_keys_to_label(held, label):
     assert keys_to_label(held) == label
 
 
-def test_keyboard_loop_drives_the_simulator_headless(monkeypatch):
+def test_keyboard_vehicle_drives_and_records_the_simulator_headless(monkeypatch, tmp_path):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    with Simulator(seed=2) as sim:
-        sent: list[str] = []
-        original_send = sim.send
+    from scratchpilot.car.commands.record import sim_keyboard_vehicle
+    from scratchpilot.car.hardware.window import CarWindow
+    from scratchpilot.car.sessions import Session, SessionWriter
 
-        def recording_send(label):
-            sent.append(label)
-            return original_send(label)
-
-        monkeypatch.setattr(sim, "send", recording_send)
-        frames = drive_with_keyboard(sim, sim, fps=1000, max_frames=5)
-        assert frames == 5 and sent == ["none"] * 5  # no key is held on the dummy display
-        assert sim.done and sim.metrics.steps == 5  # the loop stopped the actuator
+    window = CarWindow("test")
+    try:
+        with Simulator(seed=2) as sim, SessionWriter(tmp_path, source="sim", driver="keyboard") as writer:
+            car, recorder = sim_keyboard_vehicle(sim, window, writer, max_steps=5)
+            run = car.run()
+            assert run.ended == "max steps" and sim.metrics.steps == 5
+            path = writer.path
+    finally:
+        window.close()
+    session = Session.open(path)
+    # no key is held on the dummy display: every frame is labelled (and driven) "none"
+    assert len(session) == 5 and list(session.labels) == [LABELS.index("none")] * 5
+    assert recorder.stats["recorded"] == 5

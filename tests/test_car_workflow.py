@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from scratchpilot.car import workflow as W
-from scratchpilot.car.pilot import Pilot, SafetyGate, run_pilot_loop, with_history
+from scratchpilot.car.checking import check_pilot, picked_frames
+from scratchpilot.car.pilot import Pilot, with_history
+from scratchpilot.car.sim.runs import drive_sim, record_expert
+from scratchpilot.car.training import train_pilot
 from scratchpilot.cli import main
 from scratchpilot.nn import load
 
@@ -16,12 +18,12 @@ from scratchpilot.nn import load
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("sessions")
-    path, episodes = W.record_expert(root, [1000, 1001], max_steps=150, progress=False)
+    path, episodes = record_expert(root, [1000, 1001], max_steps=150, progress=False)
     return root, path, episodes
 
 
 def test_record_expert_writes_a_session_with_expert_labels(recorded):
-    from scratchpilot.car.recorder import Session
+    from scratchpilot.car.sessions import Session
 
     _, path, episodes = recorded
     session = Session.open(path)
@@ -35,20 +37,21 @@ def test_record_expert_writes_a_session_with_expert_labels(recorded):
 
 def test_train_check_and_drive(recorded, tmp_path):
     root, path, _ = recorded
-    model, report = W.train_pilot([path], epochs=3, progress=False)
+    model, report = train_pilot([path], epochs=3, progress=False)
     # two episodes are too few to hold one out: whole blocks of up to 100 consecutive frames are
     assert report["frames"] == 300 and report["validation_frames"] in (50, 100)
     assert model.metadata["preprocessing"]["crop"] == {"top": 0, "bottom": 84, "left": 0, "right": 96}
     assert model.n_inputs == 2 * 42 * 48  # pixels and their change over history_lag frames
     model.save(tmp_path / "pilot.npz")
     pilot = Pilot.load(tmp_path / "pilot.npz")
-    check = W.check_pilot(pilot, [path], tmp_path / "sheet.png", thumbnails=8)
+    check = check_pilot(pilot, [path], tmp_path / "sheet.png", thumbnails=8)
     assert check["frames"] == 300 and np.array(check["confusion"]).sum() == 300
     assert (tmp_path / "sheet.png").read_bytes()[:4] == b"\x89PNG"
-    result = W.drive_sim(pilot, [3], max_steps=120, video=tmp_path / "drive.gif", progress=False)
+    result = drive_sim(pilot, [3], max_steps=120, video=tmp_path / "drive.gif", progress=False)
     track = result["tracks"][0]
     assert track["steps"] == 120 and track["seed"] == 3
-    assert result["decide_ms_p50"] < 5.0 and result["loop_hz"] > 10
+    assert result["decide_ms_p50"] > 0 and result["loop_hz"] > 0  # speed: bench/pilot_latency.py
+    assert sum(track["labels"].values()) == 120  # one command sent per frame
     assert (tmp_path / "drive.gif").read_bytes()[:6] == b"GIF89a"
 
 
@@ -68,10 +71,10 @@ def test_car_cli_train_and_check(recorded, tmp_path, capsys):
 
 def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path):
     """A real car's frames: a held-out split (blocks of consecutive frames, never single frames)."""
-    from scratchpilot.car.importers import import_tub
+    from scratchpilot.car.sessions.importers import import_tub
 
     session = import_tub(shared_data / "donkeycar-tub" / "tub.tar.gz", tmp_path)
-    model, report = W.train_pilot([session], epochs=25, history_lag=0, hidden=64, seed=0, progress=False)
+    model, report = train_pilot([session], epochs=25, history_lag=0, hidden=64, seed=0, progress=False)
     assert report["frames"] == 1000 and report["validation_frames"] >= 100
     assert report["validation_accuracy"] > report["validation_majority_baseline"] + 0.05, report
 
@@ -109,41 +112,6 @@ def test_sampling_policy_follows_the_probabilities(tmp_path):
     assert Pilot(model).decide(np.zeros((2, 2), np.uint8))[0] == "a"
 
 
-def test_safety_gate_reasons():
-    gate = SafetyGate(max_frame_age=0.2, min_confidence=0.5)
-    assert gate.check(frame_age=0.05, confidence=0.9) is None
-    assert gate.check(frame_age=0.3, confidence=0.9).startswith("stale frame")
-    assert gate.check(frame_age=0.05, confidence=0.3).startswith("low confidence")
-    assert gate.check(frame_age=0.05, confidence=0.9, link_ok=False) == "link lost"
-    assert gate.check(frame_age=0.05, confidence=0.9, estop=True) == "e-stop pressed"
-
-
-def test_loop_stops_the_car_on_a_stale_frame():
-    class Source:
-        def read(self):
-            return np.zeros((2, 2), np.uint8), 0.0  # captured at t = 0
-
-    class Car:
-        sent, stopped = [], 0
-
-        def send(self, label):
-            self.sent.append(label)
-
-        def stop(self):
-            self.stopped += 1
-
-    class FixedPilot:
-        def decide(self, frame):
-            return "forward", 0.9, None
-
-    car = Car()
-    clock = iter([0.05, 0.1, 0.5]).__next__
-    stats = run_pilot_loop(Source(), FixedPilot(), car, done=lambda: False, safety=SafetyGate(0.2), clock=clock,
-                           max_steps=10)
-    assert car.sent == ["forward", "forward"] and car.stopped == 1
-    assert stats.stops[0]["reason"].startswith("stale frame")
-
-
 def test_pilot_refuses_a_digits_model(tmp_path):
     from scratchpilot import nn
 
@@ -164,7 +132,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "demo.json").read_text())["mean_score"] == results["mean_score"]
     assert {"mean_score", "decide_ms_p99", "loop_hz", "tracks", "expert_mean_score"} <= set(results)
     assert results["tracks"][0]["steps"] == 120 and len(results["learning_rounds"]) == 3  # expert + 2 rounds
-    assert results["train_report"]["chosen_round"] in (0, 1)
+    # the round whose model drove best on its own training tracks is the one kept
+    rounds = [r for r in results["learning_rounds"] if r["round"] != "expert"]
+    best = max(rounds, key=lambda r: np.mean(r["scores"]))
+    assert results["train_report"]["chosen_round"] == best["round"]
+    assert results["train_report"]["chosen_round_mean_score"] == pytest.approx(np.mean(best["scores"]))
+    # 120 frames of a pilot trained on 240: it still drives forward along the road (the expert gets ~100)
+    assert results["tracks"][0]["tiles_visited"] > 5
     assert (out / "pilot.npz").exists() and (out / "drive.gif").exists()
     assert load(out / "pilot.npz").metadata["task"] == "pilot"
     text = capsys.readouterr().out
@@ -172,9 +146,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_picked_frames_match_the_stacked_frames(recorded):
-    from scratchpilot.car.recorder import Session
+    from scratchpilot.car.sessions import Session
 
     _, path, _ = recorded
     session = Session.open(path)
     positions = np.array([0, 1, 149, 150, 251, 299])  # across chunk and episode boundaries
-    np.testing.assert_array_equal(W.picked_frames([session], positions), session.frames()[positions])
+    np.testing.assert_array_equal(picked_frames([session], positions), session.frames()[positions])

@@ -1,7 +1,7 @@
 """``scratchpilot car ...`` and ``scratchpilot demo``: record, sessions, train, check, drive, stream.
 
-The simulator paths live in :mod:`scratchpilot.car.workflow`, the real-car paths (camera stream, keyboard,
-Arduino) in :mod:`scratchpilot.car.realcar`. Only argparse is imported here.
+The handlers live in :mod:`scratchpilot.car.commands`, one module per command; only argparse is imported
+here, so ``scratchpilot --help`` works without the car's optional dependencies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
 
     p = sub.add_parser("record", help="record labelled frames: expert or keyboard in the simulator, or the real car")
     p.add_argument("--driver", choices=["expert", "keyboard"], default="expert",
-                   help="who drives in the simulator (default expert)")
+                   help="who drives in the simulator (default expert; keyboard opens a window and records "
+                        "what the arrow keys drive)")
     p.add_argument("--episodes", type=int, default=5, help="simulator episodes to record (default 5)")
     p.add_argument("--seed", type=int, default=1000, help="first track seed (default 1000)")
     p.add_argument("--noise", type=float, default=0.02,
@@ -108,16 +109,19 @@ def add_parser(subparsers) -> None:
     demo.set_defaults(func=_dispatch("demo"))
 
 
+#: command -> (module in scratchpilot.car.commands, handler)
+_HANDLERS = {"record": ("record", "run"), "sessions": ("sessions", "run"), "train": ("train", "run_train"),
+             "check": ("train", "run_check"), "drive": ("drive", "run"), "stream": ("stream", "run"),
+             "demo": ("demo", "run")}
+
+
 def _dispatch(name: str):
     """A handler that imports the module doing the work only when the command runs."""
 
     def handler(args: argparse.Namespace) -> int:
-        if name == "stream" or (name in ("record", "drive") and getattr(args, "source", None)):
-            from . import realcar
+        import importlib
 
-            return getattr(realcar, f"cmd_{name}")(args)
-        from . import workflow
-
-        return getattr(workflow, f"cmd_{name}")(args)
+        module, function = _HANDLERS[name]
+        return getattr(importlib.import_module(f"scratchpilot.car.commands.{module}"), function)(args)
 
     return handler

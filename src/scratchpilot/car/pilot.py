@@ -1,17 +1,11 @@
-"""The pilot loop: frames in, labels out, one small part at a time (as in donkeycar's vehicle loop).
+"""The pilot: a trained network plus the preprocessing it was trained with.
 
-    source.read() -> frame --Pilot.decide--> (label, confidence) --SafetyGate--> actuator.send(label)
-
-The same loop drives the simulator (``Simulator`` is both source and actuator) and the real car (a
-stream client as source, a serial link as actuator). ``Pilot.decide`` applies the model's own stored
-preprocessing spec, so driving sees frames exactly as training did.
+``Pilot.decide`` applies the model's own stored preprocessing spec, so driving sees frames exactly as
+training did; the vehicle loop runs it as :class:`~scratchpilot.car.parts.PilotPart`, in the simulator
+and on the real car alike.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,50 +75,6 @@ class Pilot:
         return self.labels[k], float(probabilities[k]), probabilities
 
 
-@dataclass
-class SafetyGate:
-    """Decides whether a command may go to the car, or the car must stop — and says why.
-
-    Stops when the newest frame is older than ``max_frame_age`` seconds, when the prediction's confidence
-    is below ``min_confidence``, or when a link or the e-stop reports a fault. ``None`` disables a check.
-    """
-
-    max_frame_age: float | None = 0.2
-    min_confidence: float | None = None
-
-    def check(self, frame_age: float | None, confidence: float | None, link_ok: bool = True,
-              estop: bool = False) -> str | None:
-        """Return None when driving is safe, else the reason to stop."""
-        if estop:
-            return "e-stop pressed"
-        if not link_ok:
-            return "link lost"
-        if self.max_frame_age is not None and frame_age is not None and frame_age > self.max_frame_age:
-            return f"stale frame ({frame_age * 1000:.0f} ms > {self.max_frame_age * 1000:.0f} ms)"
-        if self.min_confidence is not None and confidence is not None and confidence < self.min_confidence:
-            return f"low confidence ({confidence:.2f} < {self.min_confidence:.2f})"
-        return None
-
-
-@dataclass
-class LoopStats:
-    """Timings and events of one run of the loop."""
-
-    steps: int = 0
-    decide_ms: list[float] = field(default_factory=list)
-    loop_seconds: float = 0.0
-    labels: dict[str, int] = field(default_factory=dict)
-    stops: list[dict] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        d = np.asarray(self.decide_ms) if self.decide_ms else np.zeros(1)
-        return {"steps": self.steps,
-                "decide_ms_p50": float(np.percentile(d, 50)), "decide_ms_p99": float(np.percentile(d, 99)),
-                "decide_ms_max": float(d.max()),
-                "loop_hz": self.steps / self.loop_seconds if self.loop_seconds else 0.0,
-                "labels": dict(self.labels), "stops": list(self.stops)}
-
-
 def with_history(features: np.ndarray, groups: np.ndarray, lag: int) -> np.ndarray:
     """Training-side twin of :meth:`Pilot.features`: append ``x_t − x_{t−lag}`` within each group
     (episode), using the group's first frame where t < lag. features (N, F) in time order → (N, 2F)."""
@@ -135,44 +85,3 @@ def with_history(features: np.ndarray, groups: np.ndarray, lag: int) -> np.ndarr
         idx = np.flatnonzero(groups == g)
         previous[idx] = features[idx[np.maximum(np.arange(len(idx)) - lag, 0)]]
     return np.concatenate([features, features - previous], axis=1)
-
-
-def run_pilot_loop(source, pilot: Pilot, actuator, *, done: Callable[[], bool],
-                   safety: SafetyGate | None = None, clock: Callable[[], float] = time.monotonic,
-                   max_steps: int | None = None, on_step=None) -> LoopStats:
-    """Drive until ``done()`` (or ``max_steps``): read a frame, decide, check safety, act.
-
-    ``on_step(frame, label, confidence, stop_reason)`` is called each step (for videos and logs).
-    The decide latency (preprocess + forward pass) is measured on every step.
-    """
-    from ..nn import blas_threads
-
-    stats = LoopStats()
-    start = time.perf_counter()
-    with blas_threads(1):  # one frame at a time: threads only add latency (p99 13 ms → under 1 ms here)
-        _loop(source, pilot, actuator, done, safety, clock, max_steps, on_step, stats)
-    stats.loop_seconds = time.perf_counter() - start
-    return stats
-
-
-def _loop(source, pilot, actuator, done, safety, clock, max_steps, on_step, stats: LoopStats) -> None:
-    while not done() and (max_steps is None or stats.steps < max_steps):
-        frame, timestamp = source.read()
-        t0 = time.perf_counter()
-        label, confidence, _ = pilot.decide(frame)
-        stats.decide_ms.append((time.perf_counter() - t0) * 1000)
-        reason = None
-        if safety is not None:
-            reason = safety.check(frame_age=clock() - timestamp, confidence=confidence)
-        if reason is None:
-            actuator.send(label)
-        else:
-            actuator.stop()
-            stats.stops.append({"step": stats.steps, "reason": reason})
-            label = "stop"
-        stats.labels[label] = stats.labels.get(label, 0) + 1
-        if on_step is not None:
-            on_step(frame, label, confidence, reason)
-        stats.steps += 1
-        if reason is not None:
-            break

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .sim import FRAME_SHAPE, INDICATOR_BAR_ROWS
+from .sim.env import FRAME_SHAPE, INDICATOR_BAR_ROWS
 
 SPEC_VERSION = 1
 METADATA_KEY = "preprocessing"  #: where the spec lives in ``model.metadata``

@@ -1,4 +1,4 @@
-"""``report data`` for a folder of driving sessions (as written by :mod:`scratchpilot.car.recorder`).
+"""``report data`` for a folder of driving sessions (as written by :mod:`scratchpilot.car.sessions`).
 
 Description: sessions, frames, frame shape, labels, sources and drivers, chunk files with their SHA-256.
 Exploration: label distribution overall and per session, frame rate over time, sample frames and mean
@@ -38,7 +38,7 @@ def is_sessions_folder(spec: str) -> bool:
     path = Path(spec).expanduser()
     if not path.is_dir():
         return False
-    from ..car.recorder import is_session
+    from ..car.sessions import is_session
 
     return is_session(path) or any(p.is_dir() and is_session(p) for p in path.iterdir())
 
@@ -49,7 +49,7 @@ class _SessionInfo:
 
     name: str
     path: Path
-    session: object = None  # scratchpilot.car.recorder.Session, None when unreadable
+    session: object = None  # scratchpilot.car.sessions.Session, None when unreadable
     error: str | None = None
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -59,7 +59,7 @@ class _SessionInfo:
 
 
 def _open_sessions(root: Path) -> list[_SessionInfo]:
-    from ..car.recorder import Session, SessionError, list_sessions
+    from ..car.sessions import Session, SessionError, list_sessions
 
     try:
         paths = list_sessions(root)

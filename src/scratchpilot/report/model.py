@@ -101,7 +101,7 @@ def _digits_inputs(model, spec: str, progress: bool):
 def _pilot_inputs(model, spec: str):
     """The same for a pilot on a folder of driving sessions; also returns the session of each frame."""
     from ..car.preprocess import PreprocessSpecError, from_metadata
-    from ..car.recorder import SessionError, load_frames
+    from ..car.sessions import SessionError, load_frames
 
     try:
         preprocess = from_metadata(model.metadata or {}, where="the model")

@@ -1,13 +1,9 @@
-"""The simulated car: gymnasium's ``CarRacing-v3`` behind a frame source and an actuator.
+"""The simulated car: gymnasium's ``CarRacing-v3`` as a camera and a car link.
 
-A pilot loop (keyboard, scripted expert, neural network, real RC car) sees two small interfaces:
-
-* :class:`FrameSource` -- ``read() -> (frame, timestamp)``, a ``(H, W, 3)`` uint8 RGB frame;
-* :class:`Actuator` -- ``send(label)`` with a label from :data:`LABELS`, and ``stop()``.
-
-:class:`Simulator` implements both over one environment: ``send`` advances the simulation by one frame
-(1/50 s) with that command, ``read`` returns the latest 96x96 observation. The same loop then drives the
-simulator or the real car (a camera source and a serial actuator) without knowing which.
+:class:`Simulator` is both ends of the car for the vehicle loop: ``read()`` returns the latest 96x96
+observation and its simulated time, and it implements :class:`~scratchpilot.car.links.CarLink`
+(``drive(label)`` advances the simulation by one frame, 1/50 s, with that command), so the same loop and
+the same safety gate drive the simulator or the real car (a camera stream and the serial link).
 
 The environment is the stock ``CarRacing-v3`` with discrete actions and its default 1000-step limit.
 Two speed options leave its physics untouched:
@@ -25,12 +21,11 @@ from __future__ import annotations
 import os
 import types
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-#: Canonical command labels, in class-index order (a model's output ``k`` means ``LABELS[k]``).
-LABELS: tuple[str, ...] = ("none", "forward", "left", "right", "brake")
+from ..links import LABELS
 
 #: Label -> ``CarRacing-v3`` discrete action. The env's own order is 0 = do nothing, 1 = steer right,
 #: 2 = steer left, 3 = gas, 4 = brake (``CarRacing.step``: ``steer(-0.6 * (a == 1) + 0.6 * (a == 2))``,
@@ -45,28 +40,6 @@ FRAME_SHAPE = (96, 96, 3)
 #: Rows at the bottom of a 96x96 frame that hold the black indicator bar (speed, ABS, steering, gyro
 #: and the score); a pilot crops them so that it cannot read the answer from the dashboard.
 INDICATOR_BAR_ROWS = 12
-
-
-@runtime_checkable
-class FrameSource(Protocol):
-    """Anything that yields camera frames."""
-
-    def read(self) -> tuple[np.ndarray, float]:
-        """Return the latest frame, ``(H, W, 3)`` uint8 RGB, and its timestamp in seconds."""
-        ...
-
-
-@runtime_checkable
-class Actuator(Protocol):
-    """Anything that executes driving commands."""
-
-    def send(self, label: str) -> None:
-        """Execute one command from :data:`LABELS`."""
-        ...
-
-    def stop(self) -> None:
-        """Bring the car to rest and accept no further commands; safe to call twice."""
-        ...
 
 
 def label_to_action(label: str) -> int:
@@ -224,7 +197,7 @@ class _RoadPainter:
 
 
 class Simulator:
-    """One ``CarRacing-v3`` track as a :class:`FrameSource` and an :class:`Actuator`.
+    """One ``CarRacing-v3`` track: a frame source (``read``) and a :class:`~scratchpilot.car.links.CarLink`.
 
     Parameters
     ----------
@@ -242,12 +215,15 @@ class Simulator:
         with Simulator(seed=0) as sim:
             while not sim.done:
                 frame, t = sim.read()
-                sim.send(pilot(frame))
+                sim.drive(pilot(frame))
             print(sim.metrics.to_dict())
     """
 
     def __init__(self, seed: int, *, render_frames: bool = True, fast_render: bool = True):
         self.render_frames = render_frames
+        self._latched = False
+        self.problem: str | None = None
+        self.stats: dict[str, int] = {"commands": 0, "holds": 0}
         self.env = make_env(None, render_frames=render_frames, fast_render=fast_render)
         self.reset(seed)
 
@@ -326,6 +302,32 @@ class Simulator:
     def stop(self) -> None:
         """End the episode here: metrics freeze and further ``send`` calls raise."""
         self._stopped = True
+
+    # -- the car link ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return not self._latched and not self.done
+
+    def drive(self, label: str) -> bool:
+        """:meth:`send` as a car link: False once e-stopped or when the episode is over."""
+        if not self.ready:
+            return False
+        self.send(label)
+        self.stats["commands"] += 1
+        return True
+
+    def hold_stop(self, reason=None) -> bool:
+        """Brake for one frame: the world moves on while the car is held still (e-stop included)."""
+        if self.done:
+            return False
+        self.send("brake")
+        self.stats["holds"] += 1
+        return True
+
+    def emergency_stop(self) -> None:
+        """Refuse every later :meth:`drive`; :meth:`hold_stop` keeps braking."""
+        self._latched = True
+        self.problem = "e-stop"
 
     def close(self) -> None:
         self.env.close()

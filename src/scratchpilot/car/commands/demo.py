@@ -1,0 +1,56 @@
+"""``scratchpilot demo``: the main job: learn to drive from the scripted expert (DAgger), drive unseen
+tracks, and compare with the expert on the same tracks."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ...util.files import write_json, write_json_result
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pilot import Pilot
+    from ..sim.runs import drive_sim, expert_scores
+    from ..training import DEMO_DAGGER_EPISODES, DEMO_DAGGER_ROUNDS, DEMO_EPISODES, learn_to_drive
+    from .drive import format_drive_table
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    episodes = args.episodes or DEMO_EPISODES
+    rounds = DEMO_DAGGER_ROUNDS if args.rounds is None else args.rounds
+    dagger_episodes = args.dagger_episodes or DEMO_DAGGER_EPISODES
+    t0 = time.perf_counter()
+    print(f"1/3 learning to drive: the scripted expert on {episodes} training tracks, then "
+          f"{rounds} rounds of the pilot driving while the expert labels (DAgger)", flush=True)
+    model, report, learning = learn_to_drive(out / "sessions", episodes=episodes, seed=args.seed,
+                                           rounds=rounds, dagger_episodes=dagger_episodes,
+                                           max_steps=args.max_steps, log=lambda line: print(line, flush=True))
+    model_path = out / "pilot.npz"
+    model.save(model_path)
+    learn_s = time.perf_counter() - t0
+
+    seeds = list(range(args.seed, args.seed + args.tracks))
+    print(f"2/3 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]})", flush=True)
+    t1 = time.perf_counter()
+    result = drive_sim(Pilot(model), seeds, video=out / "drive.gif", max_steps=args.max_steps)
+    drive_s = time.perf_counter() - t1
+    print("3/3 the expert on the same tracks, for comparison", flush=True)
+    expert = expert_scores(seeds)
+    total_s = time.perf_counter() - t0
+    print()
+    print(format_drive_table(result, expert))
+    results = {"mean_score": result["mean_score"], "expert_mean_score": expert["mean_score"],
+               "decide_ms_p99": result["decide_ms_p99"], "decide_ms_p50": result["decide_ms_p50"],
+               "loop_hz": result["loop_hz"], "laps_completed": result["laps_completed"],
+               "tracks": result["tracks"], "expert_tracks": expert["tracks"], "train_report": report,
+               "learning_rounds": learning, "timings": {"learn_s": learn_s, "drive_s": drive_s, "total_s": total_s},
+               "model": str(model_path), "video": result.get("video")}
+    write_json(out / "results.json", results)
+    write_json_result(args.json, results)
+    print(f"\nmodel {model_path}, video {result.get('video')}, results {out / 'results.json'} "
+          f"({total_s / 60:.1f} min)")
+    return 0
+
+

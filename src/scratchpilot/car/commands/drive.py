@@ -1,0 +1,98 @@
+"""``scratchpilot car drive``: the network drives, in the simulator (``--sim``) or the real car
+(``--source tcp://PI:8000`` with ``--serial PORT`` or ``--dry-run``)."""
+
+from __future__ import annotations
+
+from ...errors import CommandError
+from ...util.files import write_json_result
+from .common import load_pilot, open_link, open_window, setup_logging, stream_client
+
+
+def run(args) -> int:
+    if getattr(args, "source", None):
+        return drive_real_car(args)
+    if not args.sim:
+        raise CommandError("choose --sim (the simulator) or --source tcp://PI:8000 (the real car)")
+    from ..sim.runs import drive_sim
+
+    pilot = load_pilot(args.model)
+    result = drive_sim(pilot, list(range(args.seed, args.seed + args.tracks)), video=args.video)
+    print(format_drive_table(result))
+    write_json_result(args.json, result)
+    return 0
+
+
+def format_drive_table(result: dict, expert: dict | None = None) -> str:
+    """Per-track scores (and the expert's beside them), then the means and the decide latency."""
+    head = f"{'track':>6} {'score':>7} {'tiles %':>8} {'off-track':>9} {'lap':>4} {'p99 ms':>7}"
+    if expert:
+        head += f" {'expert':>7}"
+    lines = [head]
+    for i, t in enumerate(result["tracks"]):
+        line = (f"{t['seed']:>6} {t['score']:>7.1f} {t['tiles_visited_pct']:>8.1f} {t['off_track_steps']:>9d} "
+                f"{'yes' if t['lap_completed'] else 'no':>4} {t['decide_ms_p99']:>7.3f}")
+        if expert:
+            line += f" {expert['tracks'][i]['score']:>7.1f}"
+        lines.append(line)
+    summary = (f"{'mean':>6} {result['mean_score']:>7.1f}   laps {result['laps_completed']}/{len(result['tracks'])}, "
+               f"decide p50 {result['decide_ms_p50']:.3f} ms p99 {result['decide_ms_p99']:.3f} ms, "
+               f"loop {result['loop_hz']:.0f} Hz")
+    if expert:
+        summary += f"; expert mean {expert['mean_score']:.1f}"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def drive_real_car(args) -> int:
+    """``car drive --model M --source tcp://PI:8000 (--serial PORT | --dry-run)``: the network drives."""
+    from ..hardware.real_car import RealCar
+    from ..hardware.window import CarWindow
+    from ..preprocess import PreprocessSpecError
+    from ..safety import Safety
+
+    setup_logging()
+    if not args.dry_run and not args.serial:
+        raise CommandError("driving the real car needs --serial PORT (the Arduino), or --dry-run to only "
+                           "show the commands")
+    if args.max_frame_age is not None and not args.max_frame_age > 0:
+        raise CommandError(f"--max-frame-age must be positive seconds, got {args.max_frame_age}")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise CommandError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    pilot = load_pilot(args.model)
+    link = open_link(args.serial, dry_run=args.dry_run)
+    client = window = car = None
+    ended = "error"
+    try:
+        client = stream_client(args.source)
+        window = open_window(f"scratchpilot drive  {args.source}", not getattr(args, "no_window", False))
+        safety = Safety(link, max_frame_age=args.max_frame_age, min_confidence=args.min_confidence or None)
+        car = RealCar(client, safety, window, pilot=pilot, duration_s=getattr(args, "duration", None))
+        target = "dry run, nothing is sent" if args.dry_run else f"serial {args.serial}"
+        print(f"driving from {args.source} ({target}); "
+              + ("space = e-stop, Esc = quit" if isinstance(window, CarWindow) else "Ctrl-C = stop"), flush=True)
+        try:
+            ended = car.run()
+        except KeyboardInterrupt:
+            ended = "Ctrl-C"
+        except PreprocessSpecError as exc:
+            raise CommandError(f"{args.model}: {exc}") from None
+    finally:
+        link.close()  # the car first
+        if client is not None:
+            client.close()
+        if window is not None:
+            window.close()
+    from ..vehicle import percentiles
+
+    summary = {"model": str(args.model), "source": args.source, "serial": args.serial, "dry_run": args.dry_run,
+               "ended": ended, "max_frame_age_s": args.max_frame_age, "min_confidence": args.min_confidence,
+               **car.summary(), "stream": dict(client.stats), "link": dict(link.stats),
+               "serial_round_trip_ms": percentiles(getattr(link, "round_trip_ms", ()), 50, 99)}
+    latency = summary["latency_ms"]
+    print(f"{summary['commands']} commands from {summary['decisions']} decisions "
+          f"({summary['decisions_per_s']:.1f}/s), latency p50 {latency['p50']} ms p99 {latency['p99']} ms, "
+          f"{summary['stops_total']} stop(s); ended: {ended}", flush=True)
+    for stop in summary["stops"][:20]:
+        print(f"  stop at {stop['t_s']:.2f} s (frame {stop['frame']}): {stop['reason']}", flush=True)
+    write_json_result(getattr(args, "json", None), summary)
+    return 0

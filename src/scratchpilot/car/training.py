@@ -1,0 +1,160 @@
+"""Training a pilot on recorded sessions, and the DAgger recipe the demo runs.
+
+Validation always holds out whole episodes (or blocks of consecutive frames), never single frames:
+neighbouring frames are near-duplicates and would leak.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def split_by_group(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of validation rows: whole groups (episodes) are held out, never single frames —
+    neighbouring frames are near-duplicates and would leak."""
+    keys = np.unique(groups)
+    n_val = int(round(val_fraction * len(keys)))
+    if val_fraction > 0 and len(keys) > 1:
+        n_val = min(max(1, n_val), len(keys) - 1)
+    else:
+        n_val = 0
+    val_keys = rng.choice(keys, size=n_val, replace=False) if n_val else np.array([], dtype=keys.dtype)
+    return np.isin(groups, val_keys)
+
+
+def balanced_indices(labels: np.ndarray, rng: np.random.Generator, power: float = 0.5) -> np.ndarray:
+    """Oversample rare labels: each class is drawn in proportion to count**power (0.5 = square root), so
+    turns, rarer than straight driving, are seen more often without drowning the common classes."""
+    classes, counts = np.unique(labels, return_counts=True)
+    target = counts.astype(float) ** power
+    target = target / target.sum() * len(labels)
+    parts = []
+    for c, n, t in zip(classes, counts, target, strict=True):
+        members = np.flatnonzero(labels == c)
+        t = max(int(round(t)), n)  # never drop examples, only repeat rare ones
+        parts.append(np.concatenate([members, rng.choice(members, t - n, replace=True)]) if t > n else members)
+    return rng.permutation(np.concatenate(parts))
+
+
+def open_sessions(items) -> list:
+    """Open every session named by ``items`` (session folders, or folders holding sessions)."""
+    from .sessions.reader import Session, list_sessions
+
+    opened = [Session.open(p) for item in items for p in list_sessions(item)]
+    if not opened:
+        raise ValueError(f"no sessions found in {', '.join(map(str, items))}")
+    return opened
+
+
+def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
+                history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5):
+    """Train the blog's 3-layer pilot (input → hidden → one output per label) on recorded sessions.
+
+    ``balance``: rare labels are oversampled so each is drawn in proportion to count**balance (1 = as
+    recorded, 0.5 = square root, 0 = all labels equally often).
+    Returns ``(model, report)``: the model carries its labels, preprocessing spec and history lag in its
+    metadata; the report has the split, class counts and train/validation accuracy.
+    """
+    from .. import nn
+    from .pilot import with_history
+    from .preprocess import default_spec, from_spec
+    from .sessions.reader import load_frames
+
+    opened = open_sessions(sessions)
+    frame_shape = opened[0].frame_shape
+    preprocess = from_spec(spec or default_spec(frame_shape))
+    # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
+    # blocks of consecutive frames, and hold out whole blocks.
+    episodes = sum(len(np.unique(s.episodes)) for s in opened)
+    frames = load_frames(opened, preprocess, block_frames=100 if episodes < 5 else None)
+    X = with_history(frames.features, frames.groups, history_lag)
+    y = frames.labels
+    rng = np.random.default_rng(seed)
+    val = split_by_group(frames.groups, val_fraction, rng)
+    train_idx = balanced_indices(y[~val], rng, power=balance)
+    X_train, y_train = X[~val][train_idx], y[~val][train_idx]
+    labels = list(frames.label_names)
+    model = nn.Sequential([nn.Dense(X.shape[1], hidden, init="he"), nn.ReLU(), nn.Dropout(0.2),
+                           nn.Dense(hidden, len(labels), init="glorot")],
+                          loss=nn.SoftmaxCrossEntropy(),
+                          optimizer=nn.Adam(lr=1e-3, weight_decay=1e-4, schedule=nn.CosineDecay(epochs, 0.05)),
+                          seed=seed)
+    validation = (X[val], y[val]) if val.any() else None
+    model.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_data=validation, progress=progress)
+    counts = {labels[k]: int(n) for k, n in zip(*np.unique(y, return_counts=True), strict=True)}
+    report = {
+        "frames": int(len(y)), "features": int(X.shape[1]), "labels": labels, "label_counts": counts,
+        "groups": len(frames.group_keys), "validation_groups": sorted({str(frames.group_keys[g]) for g in
+                                                                       np.unique(frames.groups[val])}),
+        "train_frames": int((~val).sum()), "validation_frames": int(val.sum()),
+        "train_accuracy": model.history["accuracy"][-1],
+        "validation_accuracy": model.history["val_accuracy"][-1] if validation else None,
+    }
+    if validation:
+        majority = np.bincount(y[val], minlength=len(labels)).max() / val.sum()
+        report["validation_majority_baseline"] = float(majority)
+    model.metadata = {"task": "pilot", "labels": labels, "preprocessing": preprocess.spec,
+                      "history_lag": history_lag, "sessions": [s.name for s in opened],
+                      "frame_shape": list(frame_shape), "train_report": report,
+                      "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return model, report
+
+
+DEMO_EPISODES = 10  #: expert episodes recorded first
+DEMO_DAGGER_ROUNDS = 2  #: rounds of "the pilot drives new tracks, the expert labels, the pilot is retrained"
+DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
+DEMO_EPOCHS = 10
+DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
+
+
+def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
+                   dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
+                   max_steps: int | None = None):
+    """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
+
+    Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
+    while the expert labels every frame it sees, and the pilot is trained again on everything. Plain
+    imitation only ever sees the expert's states: one mistake leads to frames it never saw.
+
+    Each model's own drive doubles as its validation (on training tracks, never the demo's unseen ones):
+    the model of the round with the best mean score is returned. Measured here, a round's model can be
+    much worse than the one before (mean 843 then 400 on its tracks), so picking beats taking the last.
+    Returns ``(model, report, log of rounds)``.
+    """
+    from .pilot import Pilot
+    from .sim.runs import record_expert
+
+    first = DEMO_TRAIN_SEEDS_START
+    t0 = time.perf_counter()
+    session, recorded = record_expert(root, range(first, first + episodes), progress=progress, max_steps=max_steps)
+    history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
+                "scores": [e["score"] for e in recorded]}]
+    log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "
+        f"({history[0]['seconds']:.0f} s)")
+    sessions, next_seed, candidates = [session], first + episodes, []
+    for r in range(rounds + 1):
+        t1 = time.perf_counter()
+        model, report = train_pilot(sessions, seed=seed, epochs=DEMO_EPOCHS, progress=progress)
+        log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
+            f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
+            f"{time.perf_counter() - t1:.0f} s")
+        t2 = time.perf_counter()
+        seeds = range(next_seed, next_seed + dagger_episodes)
+        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress, max_steps=max_steps)
+        next_seed += dagger_episodes
+        sessions.append(session)  # the last round's frames are recorded but not trained on
+        scores = [e["score"] for e in driven]
+        candidates.append((float(np.mean(scores)), r, model, report))
+        history.append({"round": r, "seconds": time.perf_counter() - t2, "tracks": list(seeds), "scores": scores,
+                        "frames": report["frames"], "validation_accuracy": report["validation_accuracy"]})
+        log(f"    round {r}: the pilot drove tracks {seeds[0]}..{seeds[-1]} (mean score {np.mean(scores):.0f}) "
+            f"while the expert labelled, {time.perf_counter() - t2:.0f} s")
+    best_score, best_round, model, report = max(candidates, key=lambda c: c[0])
+    report = {**report, "chosen_round": best_round, "chosen_round_mean_score": best_score}
+    model.metadata["train_report"] = report
+    log(f"    chosen: the round {best_round} pilot (mean score {best_score:.0f} on its training tracks)")
+    return model, report, history
+
+
