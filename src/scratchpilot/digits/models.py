@@ -59,7 +59,8 @@ BEST = TrainConfig(name="best", hidden=(512, 256), activation="relu", loss="soft
 #: channels (5×5 then 3×3 kernels, "same" padding: 28 → 14 → 7 → 3), then dense 1152 → 256 with BatchNorm,
 #: ReLU and dropout 0.25, and dense 256 → 10; Adam, lr 0.002 on a cosine schedule over 20 epochs, batch 128;
 #: every training image rotated by up to ±10°, scaled by ±10 % and shifted by up to ±2 px. ``hidden`` holds
-#: the channels of the three stages. (SGD with lr 0.05 diverged in its first steps and reached 99.36 %.)
+#: the channels of the three stages. Adam, because SGD at lr 0.05 diverged in its first steps and ended
+#: lower (bench/results/notes.md).
 CNN = TrainConfig(name="cnn", arch="cnn", hidden=(32, 64, 128), activation="relu", loss="softmax", init="he",
                   optimizer="adam", lr=0.002, momentum=0.0, epochs=20, batch_size=128, weight_decay=0.0,
                   dropout=0.25, schedule="cosine", augment_shift=2, augment_degrees=10.0, augment_scale=0.1,

@@ -53,9 +53,9 @@ def current_threads() -> int | None:
 def warm_up(threads: int | None = None) -> None:
     """Run one 384×384 float32 product at ``threads`` BLAS threads, once per process and thread count.
 
-    Until a process has run one product of roughly 350×350 or larger, OpenBLAS runs the batch-64 forward
-    product of a 784×100 layer at a third to a half of its later speed; a conv layer's first products at two
-    threads were five times slower than later ones. The cause lies inside OpenBLAS; the remedy costs ~3 ms.
+    Until a process has run one product of roughly 350×350 or larger, OpenBLAS runs small products (a
+    784×100 layer at batch 64, a conv layer's first products) several times slower than later. The cause
+    lies inside OpenBLAS; one large product is the cheap remedy (figures in bench/results/notes.md).
     """
     if threads in _warmed_up:
         return
@@ -231,18 +231,18 @@ def pack_parameters(model) -> tuple[np.ndarray, np.ndarray]:
 
 class SparseInputDense(Dense):
     """A first ``Dense`` layer that skips the input columns that are zero in the whole batch (MNIST's empty
-    borders: ~290 of 784 at batch 64) in both of its products. Same results as ``Dense``; saved as one.
+    borders) in both of its products. Same results as ``Dense``; saved as one.
 
-    It paid on one BLAS thread (784-100-10 at batch 64: 0.88 s against 1.03 s per epoch), but with two
-    threads the gathers cost more than they save, so it is not the default. It pays only as a first layer,
-    whose input needs no gradient.
+    It pays on one BLAS thread, but with two threads the gathers cost more than they save, so it is not
+    the default (figures in bench/results/notes.md). It pays only as a first layer, whose input needs no
+    gradient.
     """
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._cols = None
         if training and x.ndim == 2 and x.shape[0] >= 32 and x.shape[1] == self.n_in:
             used = np.flatnonzero(x.any(axis=0))
-            # gathering costs about a third of a dense product: worth it only when many columns are empty
+            # gathering costs a good part of a dense product: worth it only when many columns are empty
             if used.size < 0.8 * self.n_in:
                 self._cols, self._x = used, x[:, used]
                 z = self._x @ np.take(self.params["W"], used, axis=0)

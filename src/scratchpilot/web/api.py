@@ -104,7 +104,7 @@ def _pixels(values) -> np.ndarray:
         i = next(i for i, v in enumerate(values) if type(v) is not int and type(v) is not float)
         raise BadInput(f"'pixels'[{i}] is {reprlib.repr(values[i])}: every pixel must be a number 0..255")
     if kinds == {int}:
-        # the usual request (a canvas or MNIST digit): bytearray takes ints 0..255 only, 6× faster than NumPy
+        # the usual request (a canvas or MNIST digit): bytearray takes ints 0..255 only, much faster than NumPy
         with contextlib.suppress(ValueError):  # some int outside 0..255: the general path names it
             return np.frombuffer(bytearray(values), dtype=np.uint8).reshape(28, 28)
     try:

@@ -23,11 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                                                        "every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    # Measured with bench/serve_load.py (32 clients, this 2-core machine, JSON pixels), see the README:
-    # 2 processes x 2 threads, each process kept on one CPU and handed connections evenly, served
-    # 1,590-2,120 req/s with p99 28-41 ms; 1 or 4 threads gave p99 36 and 42 ms in a paired run (every
-    # thread of a process takes turns on one GIL, so threads only reorder its queue). Unpinned, one
-    # process's threads pass the GIL between cores: 1 process with 4 threads served ~100 req/s, ~970 pinned.
+    # Every thread of a process takes turns on one GIL, so more threads only reorder its queue; two gave a
+    # lower p99 than one or four in a paired bench/serve_load.py run. The cores are used by worker processes,
+    # each kept on one CPU: threads handing the GIL between cores are far slower (bench/results/notes.md).
     p.add_argument("--threads", type=int, default=2, help="waitress threads per worker process (default 2)")
     p.add_argument("--workers", type=int, default=2 if hasattr(os, "fork") else 1,
                    help="server processes sharing the port (default 2 where the OS can fork, else 1; "

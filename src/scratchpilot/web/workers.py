@@ -2,8 +2,8 @@
 
 Python runs one thread at a time per process, so one waitress process uses about one core; forked
 workers use the others. The usual way to share a port (every worker accepting on one listening socket)
-leaves the split to whichever process wakes first: 32 keep-alive clients were measured splitting 23/9
-and 19/13, and then the clients of the busier worker wait about twice as long. Here the parent process
+leaves the split to whichever process wakes first, which can be far from even, and then the clients of
+the busier worker wait longer (figures in bench/results/notes.md). Here the parent process
 accepts every connection and passes its file descriptor (``SCM_RIGHTS`` over a Unix socket pair) to the
 worker with the fewest open connections, ties in turn.
 
