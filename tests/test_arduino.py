@@ -3,7 +3,7 @@
 ``make -C arduino`` does the building (``make test`` installs the AVR toolchain first through
 ``make system-deps``); these tests run it and check the results, and feed one random byte stream to
 the C++ ``rc::Controller`` (through ``arduino/tests/rc_replay.cpp``) and to its Python mirror
-:class:`~scratchpilot.car.serial_link.RcController`, which the fake Arduino runs.
+:class:`~scratchpilot.car.hardware.serial_protocol.RcController`, which the fake Arduino runs.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_arduino import RcController
 
-from scratchpilot.car.serial_link import MAX_LINE, RcController, crc8, encode_drive, encode_ping
+from scratchpilot.car.hardware.serial_protocol import MAX_LINE, crc8, encode_drive, encode_ping
 
 ARDUINO = Path(__file__).resolve().parents[1] / "arduino"
 UNO_FLASH_BYTES = 32256  # ATmega328P flash less the 512-byte Optiboot bootloader

@@ -15,17 +15,15 @@ import pytest
 
 serial = pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
+from fake_arduino import FakeArduino, RcController  # noqa: E402
 from support import wait_until  # noqa: E402
 
-from scratchpilot.car.serial_link import (  # noqa: E402
+from scratchpilot.car.hardware.serial_link import LinkState, SerialActuator  # noqa: E402
+from scratchpilot.car.hardware.serial_protocol import (  # noqa: E402
     FAILSAFE_S,
     LABEL_OUTPUTS,
-    FakeArduino,
-    LinkState,
     ProtocolError,
-    RcController,
     Reply,
-    SerialActuator,
     SerialLinkError,
     SerialLinkLost,
     crc8,

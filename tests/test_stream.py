@@ -22,23 +22,21 @@ pytest.importorskip("PIL", reason="Pillow encodes the frames")
 
 from support import LoopbackServer, wait_until  # noqa: E402
 
-from scratchpilot.car.stream import (  # noqa: E402
+from scratchpilot.car.hardware.cameras import TestPatternCamera, open_camera  # noqa: E402
+from scratchpilot.car.hardware.stream_client import StreamClient  # noqa: E402
+from scratchpilot.car.hardware.stream_protocol import (  # noqa: E402
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAGIC,
     CameraError,
     FrameHeader,
-    StreamClient,
     StreamProtocolError,
-    StreamServer,
-    TestPatternCamera,
-    decode_jpeg,
-    encode_jpeg,
-    open_camera,
     pack_frame,
     pack_header,
     unpack_header,
 )
+from scratchpilot.car.hardware.stream_server import StreamServer  # noqa: E402
+from scratchpilot.util.images import ImageDecodeError, decode_image, encode_jpeg  # noqa: E402
 
 SIZE = (160, 120)
 
@@ -128,6 +126,10 @@ def test_bad_headers_are_refused_with_the_field_named(damage, message):
         unpack_header(damage(pack_header(3, time.time_ns(), 100)))
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+    return decode_image(data, formats=("JPEG",), where="payload")
+
+
 def test_jpeg_round_trip_and_clear_errors():
     camera = TestPatternCamera(SIZE, fps=None)
     image = camera.render(41)
@@ -138,10 +140,12 @@ def test_jpeg_round_trip_and_clear_errors():
         encode_jpeg(image.astype(np.float32))
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         encode_jpeg(image[..., 0])
-    with pytest.raises(ValueError, match="not a readable JPEG"):
+    with pytest.raises(ImageDecodeError, match="payload: not an image"):
         decode_jpeg(b"\xff\xd8 definitely not a jpeg")
-    with pytest.raises(ValueError, match="not a readable JPEG"):
+    with pytest.raises(ImageDecodeError, match="payload: corrupt or truncated"):
         decode_jpeg(encode_jpeg(image)[:200])
+    with pytest.raises(ImageDecodeError, match="not an image in a supported format"):  # a PNG is not a frame
+        decode_jpeg(bytes.fromhex("89504e470d0a1a0a") + b"\0" * 40)
 
 
 def test_test_pattern_numbers_survive_jpeg_and_the_pattern_moves():
@@ -382,7 +386,7 @@ def test_damaged_jpeg_payload_is_reported_by_the_frame(jpeg_frames):
     with ScriptedServer([damaged]) as server:
         with client_for(server.port) as client:
             frame = client.wait_frame(timeout_s=2)
-            with pytest.raises(StreamProtocolError, match="frame 1: .*not a readable JPEG"):
+            with pytest.raises(StreamProtocolError, match="frame 1: payload of 502 bytes: not an image"):
                 frame.image()
 
 
@@ -394,7 +398,8 @@ def test_frame_age_comes_from_the_capture_timestamp(jpeg_frames, caplog):
         stop.wait(2)
 
     with ScriptedServer([old_then_future]) as server:
-        with caplog.at_level(logging.WARNING, logger="scratchpilot.car.stream"), client_for(server.port) as client:
+        logger = "scratchpilot.car.hardware.stream_client"
+        with caplog.at_level(logging.WARNING, logger=logger), client_for(server.port) as client:
             old = client.wait_frame(timeout_s=2)
             assert 2.9 < old.age_s() < 3.5
             assert old.since_received_s() < 0.5  # arrived just now, although captured long ago

@@ -41,14 +41,16 @@ class PilotPart:
     """image -> (label, confidence): the network decides, on the model's own preprocessing.
 
     ``restart`` (truthy after a gap in the frames) makes a pilot with frame history forget the frames
-    from before the gap.
+    from before the gap; after the e-stop (``estop``) nothing is decided any more.
     """
 
     def __init__(self, pilot):
         self.pilot = pilot
         self.decisions = 0
 
-    def run(self, image: np.ndarray, restart: bool = False):
+    def run(self, image: np.ndarray, restart: bool = False, estop: bool = False):
+        if estop:
+            return None, None
         if restart and hasattr(self.pilot, "reset"):
             self.pilot.reset()
         label, confidence, _ = self.pilot.decide(image)

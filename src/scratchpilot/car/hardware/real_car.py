@@ -58,7 +58,7 @@ class RealCar:
         car.add(WindowControls(window), outputs=("held", "estop", "end"))
         if self.pilot is not None:
             _warm_up(pilot)
-            car.add(self.pilot, inputs=("image", "restart"), outputs=("label", "confidence"), run_if="image",
+            car.add(self.pilot, inputs=("image", "restart", "estop"), outputs=("label", "confidence"), run_if="image",
                     name="pilot")
         else:
             car.add(KeyboardPart(), inputs=("held",), outputs=("label",), run_if="image", name="keyboard")
