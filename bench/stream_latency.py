@@ -1,12 +1,12 @@
 """End-to-end latency of the real car's loop, on loopback: camera -> stream -> pilot -> serial command.
 
 The pipeline is the one ``scratchpilot car drive`` runs, every part real except the hardware:
-a :class:`~scratchpilot.car.stream.TestPatternCamera` (320x240 at 24 fps) served by
-:class:`~scratchpilot.car.stream.StreamServer` (JPEG encode, framed TCP on 127.0.0.1), the
-:class:`~scratchpilot.car.stream.StreamClient`, and :func:`scratchpilot.car.realcar.run_driving`
-(JPEG decode, the model's preprocessing, the network, the safety layer), sending each command over
-pyserial to a :class:`~scratchpilot.car.serial_link.FakeArduino` (``socket://``) and waiting for its
-ack. The pilot is the shape ``car train`` makes (input -> 128 ReLU -> 5) on the camera preprocessing
+a :class:`~scratchpilot.car.hardware.cameras.TestPatternCamera` (320x240 at 24 fps) served by
+:class:`~scratchpilot.car.hardware.stream_server.StreamServer` (JPEG encode, framed TCP on 127.0.0.1), the
+:class:`~scratchpilot.car.hardware.stream_client.StreamClient`, and the one vehicle loop
+(:class:`scratchpilot.car.hardware.real_car.RealCar`: JPEG decode, the model's preprocessing, the network,
+the safety gate), sending each command over pyserial to the test suite's ``FakeArduino`` (``socket://``)
+and waiting for its ack. The pilot is the shape ``car train`` makes (input -> 128 ReLU -> 5) on the camera preprocessing
 (34x45 grayscale block means = 1530 inputs); its weights are untrained, which does not change the time.
 
 Latency is measured per command: the frame's capture timestamp to the Arduino's ack read back on the
@@ -35,9 +35,9 @@ GOAL_P99_MS = 30.0
 def make_pilot(frame_shape: tuple[int, int, int], hidden: int = 128, seed: int = 0):
     """An untrained pilot of the size ``car train`` makes for camera frames of ``frame_shape`` (H, W, C)."""
     from scratchpilot import nn
+    from scratchpilot.car.links import LABELS
     from scratchpilot.car.pilot import Pilot
     from scratchpilot.car.preprocess import FramePreprocessor, default_spec
-    from scratchpilot.car.sim import LABELS
 
     preprocess = FramePreprocessor(default_spec(frame_shape))
     features = preprocess.feature_count()
@@ -50,42 +50,61 @@ def make_pilot(frame_shape: tuple[int, int, int], hidden: int = 128, seed: int =
 
 def measure(seconds: float, fps: float, size: tuple[int, int], warmup_s: float = 1.0) -> dict:
     """Run the pipeline for ``warmup_s + seconds``; figures cover the last ``seconds`` only."""
-    from scratchpilot.car.pilot import SafetyGate
-    from scratchpilot.car.realcar import NoWindow, PilotDriver, SafetyLayer, SerialCarLink, run_driving
-    from scratchpilot.car.serial_link import FakeArduino
-    from scratchpilot.car.stream import StreamClient, StreamServer, TestPatternCamera
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fake board is a test double
+    from fake_arduino import FakeArduino
+
+    from scratchpilot.car.hardware.cameras import TestPatternCamera
+    from scratchpilot.car.hardware.real_car import RealCar
+    from scratchpilot.car.hardware.serial_link import SerialCarLink
+    from scratchpilot.car.hardware.stream_client import StreamClient
+    from scratchpilot.car.hardware.stream_server import StreamServer
+    from scratchpilot.car.hardware.window import NoWindow
+    from scratchpilot.car.safety import Safety
 
     pilot, features = make_pilot((size[1], size[0], 3))
     camera = TestPatternCamera(size, fps=fps)
     with FakeArduino("tcp") as board, StreamServer(camera, "127.0.0.1", 0) as server:
         client = StreamClient("127.0.0.1", server.address[1], seed=0).start()
         link = SerialCarLink(board.url)
-        driver = PilotDriver(pilot, SafetyLayer(client, link, SafetyGate(max_frame_age=0.2)))
         stop = threading.Event()
-        loop = threading.Thread(target=run_driving, args=(client, driver, NoWindow()),
-                                kwargs={"stop_event": stop}, daemon=True)
+        car = RealCar(client, Safety(link, max_frame_age=0.2), NoWindow(), pilot=pilot, stop_event=stop)
+        loop = threading.Thread(target=car.run, daemon=True)
         loop.start()
         try:
             time.sleep(warmup_s)
-            stats = driver.stats
-            for series in (stats.latency_ms, stats.transit_ms, stats.decode_ms, stats.decide_ms,
-                           stats.frame_age_ms, link.round_trip_ms):
+            log, source = car.log, car.source
+            decide = car.vehicle.entries[[e.name for e in car.vehicle.entries].index("pilot")]
+            decide_ms = []
+
+            class Timed:  # time the decisions of the measured window only
+                def __init__(self, part):
+                    self.part = part
+
+                def run(self, *inputs):
+                    started = time.perf_counter()
+                    try:
+                        return self.part.run(*inputs)
+                    finally:
+                        decide_ms.append((time.perf_counter() - started) * 1000)
+
+            decide.part = Timed(decide.part)
+            for series in (log.latency_ms, source.transit_ms, source.decode_ms, log.frame_age_ms, link.round_trip_ms):
                 series.clear()
-            commands_before, skipped_before = stats.commands, client.stats["frames_skipped"]
+            commands_before, skipped_before = log.commands, client.stats["frames_skipped"]
             captured_before = server.stats["frames_captured"]
             board_before = len(board.commands)
             started = time.monotonic()
             time.sleep(seconds)
             elapsed = time.monotonic() - started
             snapshot = {
-                "latency_ms": list(stats.latency_ms), "transit_ms": list(stats.transit_ms),
-                "decode_ms": list(stats.decode_ms), "decide_ms": list(stats.decide_ms),
+                "latency_ms": list(log.latency_ms), "transit_ms": list(source.transit_ms),
+                "decode_ms": list(source.decode_ms), "decide_ms": list(decide_ms),
                 "serial_round_trip_ms": list(link.round_trip_ms),
-                "commands": stats.commands - commands_before,
+                "commands": log.commands - commands_before,
                 "board_commands": len(board.commands) - board_before,
                 "frames_captured": server.stats["frames_captured"] - captured_before,
                 "client_frames_skipped": client.stats["frames_skipped"] - skipped_before,
-                "stops": driver.safety.summary()["stops"],
+                "stops": car.safety.summary()["stops"],
             }
         finally:
             stop.set()
@@ -131,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="320x240", help="camera frame size (default 320x240)")
     parser.add_argument("--json", metavar="PATH", help=f"default {RESULTS / 'stream_latency.json'}")
     args = parser.parse_args(argv)
-    from scratchpilot.car.realcar import parse_size
+    from scratchpilot.car.commands.common import parse_size
 
     size = parse_size(args.size)
     logging.basicConfig(level=logging.ERROR)  # the first-frame wait is logged as a stop: not news here
