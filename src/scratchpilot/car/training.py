@@ -119,8 +119,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     imitation only ever sees the expert's states: one mistake leads to frames it never saw.
 
     Each model's own drive doubles as its validation (on training tracks, never the demo's unseen ones):
-    the model of the round with the best mean score is returned. Measured here, a round's model can be
-    much worse than the one before (mean 843 then 400 on its tracks), so picking beats taking the last.
+    the model of the round with the best mean score is returned: a round's model can be much worse than
+    the one before it, so picking beats taking the last.
     Returns ``(model, report, log of rounds)``.
     """
     from .pilot import Pilot

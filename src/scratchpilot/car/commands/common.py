@@ -82,3 +82,11 @@ def load_pilot(path):
         return Pilot.load(path)
     except (nn.ModelFileError, ValueError, OSError) as exc:
         raise CommandError(f"{path}: {exc}") from None
+
+
+def release(link, *others) -> None:
+    """Close the car link first (so the car stops whatever happens next), then ``others`` that are open."""
+    link.close()
+    for thing in others:
+        if thing is not None:
+            thing.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...errors import CommandError
 from ...util.files import write_json_result
-from .common import load_pilot, open_link, open_window, setup_logging, stream_client
+from .common import load_pilot, open_link, open_window, release, setup_logging, stream_client
 
 
 def run(args) -> int:
@@ -77,11 +77,7 @@ def drive_real_car(args) -> int:
         except PreprocessSpecError as exc:
             raise CommandError(f"{args.model}: {exc}") from None
     finally:
-        link.close()  # the car first
-        if client is not None:
-            client.close()
-        if window is not None:
-            window.close()
+        release(link, client, window)
     from ..vehicle import percentiles
 
     summary = {"model": str(args.model), "source": args.source, "serial": args.serial, "dry_run": args.dry_run,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...errors import CommandError
 from ...util.files import write_json_result
-from .common import open_link, open_window, setup_logging, stream_client
+from .common import open_link, open_window, release, setup_logging, stream_client
 
 
 def run(args) -> int:
@@ -106,13 +106,7 @@ def record_real_car(args) -> int:
         writer.update_meta({"stream": dict(client.stats), "recorder": dict(car.recorder.stats),
                             "stops": car.safety.stop_count})
     finally:
-        link.close()  # the car first
-        if client is not None:
-            client.close()
-        if window is not None:
-            window.close()
-        if writer is not None:
-            writer.close()
+        release(link, client, window, writer)
     recorder = car.recorder
     summary = {"session": str(writer.path), "ended": ended, "frames_recorded": recorder.stats["recorded"],
                "labels": dict(recorder.label_counts), "recorder": dict(recorder.stats),
