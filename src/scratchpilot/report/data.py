@@ -19,184 +19,18 @@ Every check adds a *finding* (``check``, ``severity`` ok/info/warning/error, ``s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..util.images import ImageDecodeError, decode_image
-from ..util.progress import progress as progress_bar
 from . import html as H
 from . import quality
+from .findings import Report, ReportError, _finding, findings_markdown  # noqa: F401  (the report API)
+from .splits import DEFAULT_COMPARE, IMAGE_SUFFIXES, ImageSplit, load_image_folder, load_split  # noqa: F401
 
-#: dataset names whose natural comparison is their test split
-DEFAULT_COMPARE = {"mnist": "mnist-test", "mnist-train": "mnist-test",
-                   "fashion": "fashion-test", "fashion-train": "fashion-test"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 #: how many label suspects the JSON lists and the page shows
 MAX_SUSPECTS_LISTED, MAX_SUSPECTS_SHOWN = 200, 40
 MAX_DUPLICATE_GROUPS_LISTED = 50
 SAMPLES_PER_CLASS = 12
-
-
-class ReportError(ValueError):
-    """Input a report cannot be made from; the message names it and says why."""
-
-
-@dataclass
-class ImageSplit:
-    """One set of images as the report sees it.
-
-    Attributes
-    ----------
-    name : e.g. ``mnist-train``, a file or folder name.
-    kind : ``idx``, ``kaggle-csv``, ``image-folder``.
-    images : uint8 (N, H, W) or (N, H, W, 3), the readable records.
-    labels : int64 (N,) or None.
-    class_names : display name of each label index.
-    sources : files read (for an image folder: the folder).
-    where : per record, how to find it (``line 17``, ``3/00017.png``); None means its index ``#i``.
-    n_read : records found, readable or not (lines of a CSV, files of a folder).
-    problems : problems met while reading (dicts with ``kind``, ``message`` and position); records with
-        a problem are not in ``images``.
-    """
-
-    name: str
-    kind: str
-    images: np.ndarray
-    labels: np.ndarray | None
-    class_names: tuple[str, ...]
-    sources: list[Path] = field(default_factory=list)
-    where: list[str] | None = None
-    n_read: int = 0
-    problems: list[dict] = field(default_factory=list)
-    n_problems: int = 0
-    problem_counts: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def locate(self, index: int) -> str:
-        return self.where[index] if self.where is not None else f"#{index}"
-
-
-@dataclass
-class Report:
-    """A finished report: ``data`` (JSON-able figures), ``html`` (the page), ``markdown`` (the summary)."""
-
-    data: dict
-    html: str
-    markdown: str
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_split(spec: str, progress: bool = True) -> ImageSplit:
-    """Read a dataset name or path, as the digits commands take it, or an image folder, for a report.
-
-    Kaggle CSVs are read with the strict reader and, if that refuses the file, again leniently
-    (:func:`~scratchpilot.report.lenient_csv.read_csv_lenient`) so that the report can list every problem.
-
-    Raises
-    ------
-    ReportError
-        Unknown name, missing file, or a file that cannot be read at all.
-    """
-    from ..data import CsvFormatError, DatasetError, resolve_dataset
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return load_image_folder(path, progress=progress)
-    if path.name.lower().endswith((".csv", ".csv.gz")):
-        return _load_csv(path)
-    try:
-        dataset = resolve_dataset(spec, progress=progress)
-    except (DatasetError, CsvFormatError, OSError, ValueError) as exc:
-        raise ReportError(str(exc)) from None
-    kind = "idx"
-    return ImageSplit(name=dataset.name, kind=kind, images=dataset.images, labels=dataset.labels,
-                      class_names=tuple(dataset.class_names), sources=list(dataset.sources), n_read=len(dataset))
-
-
-def _load_csv(path: Path) -> ImageSplit:
-    from ..data import DIGIT_CLASS_NAMES, CsvFormatError, read_kaggle_csv
-    from .lenient_csv import read_csv_lenient
-
-    if not path.is_file():
-        raise ReportError(f"{path}: no such CSV file")
-    try:
-        pixels, labels = read_kaggle_csv(path)
-        line_numbers = np.arange(2, len(pixels) + 2)
-        problems, n_problems, counts, n_read = [], 0, {}, len(pixels)
-    except CsvFormatError:
-        try:
-            lenient = read_csv_lenient(path)
-        except (OSError, ValueError) as exc:
-            raise ReportError(str(exc)) from None
-        pixels, labels, line_numbers = lenient.pixels, lenient.labels, lenient.line_numbers
-        problems = [p.to_dict() for p in lenient.problems]
-        n_problems, counts, n_read = lenient.n_problems, lenient.problem_counts, lenient.n_data_lines
-    return ImageSplit(name=path.name, kind="kaggle-csv", images=pixels.reshape(-1, 28, 28), labels=labels,
-                      class_names=DIGIT_CLASS_NAMES, sources=[path], where=[f"line {n}" for n in line_numbers],
-                      n_read=n_read, problems=problems, n_problems=n_problems, problem_counts=counts)
-
-
-def load_image_folder(folder: Path, progress: bool = True) -> ImageSplit:
-    """Images in one subfolder per label (as ``scratchpilot digits export-images`` writes), read as grey.
-
-    Label names are the subfolder names (sorted numerically when they are all numbers). Files that
-    cannot be decoded, or whose size differs from the most common one, are reported as problems.
-    """
-    try:
-        import PIL  # noqa: F401 - checked here to name the extra that brings it
-    except ImportError:
-        raise ReportError("reading an image folder needs Pillow: pip install 'scratchpilot[report]'") from None
-    subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if not subfolders:
-        raise ReportError(f"{folder}: no subfolders; an image folder holds one subfolder of images per label")
-    names = [p.name for p in subfolders]
-    if all(n.isdigit() for n in names):
-        subfolders.sort(key=lambda p: int(p.name))
-    unlabelled = [p.name for p in subfolders] == ["unlabelled"]
-    files = [(k, f) for k, sub in enumerate(subfolders) for f in sorted(sub.iterdir())
-             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise ReportError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in its subfolders")
-    images, labels, where, problems = [], [], [], []
-    iterator = progress_bar(files, desc="reading images", unit="image", enabled=progress and len(files) > 2000)
-    for label, file in iterator:
-        relative = file.relative_to(folder).as_posix()
-        try:
-            images.append(decode_image(file.read_bytes(), mode="L", where=relative))
-        except ImageDecodeError as exc:
-            problems.append({"kind": "unreadable", "file": relative, "message": str(exc)})
-            continue
-        except OSError as exc:
-            problems.append({"kind": "unreadable", "file": relative, "message": f"{relative}: cannot read ({exc})"})
-            continue
-        labels.append(label)
-        where.append(relative)
-    shapes = [img.shape for img in images]
-    common = max(set(shapes), key=shapes.count) if shapes else (0, 0)
-    keep = [i for i, s in enumerate(shapes) if s == common]
-    for i in sorted(set(range(len(images))) - set(keep)):
-        problems.append({"kind": "size", "file": where[i],
-                         "message": f"{where[i]}: {shapes[i][1]}x{shapes[i][0]} pixels, most images are "
-                                    f"{common[1]}x{common[0]}"})
-    counts: dict[str, int] = {}
-    for p in problems:
-        counts[p["kind"]] = counts.get(p["kind"], 0) + 1
-    stacked = np.stack([images[i] for i in keep]) if keep else np.zeros((0, *common), np.uint8)
-    return ImageSplit(
-        name=folder.name or str(folder), kind="image-folder", images=stacked,
-        labels=None if unlabelled else np.asarray([labels[i] for i in keep], dtype=np.int64),
-        class_names=tuple(p.name for p in subfolders) if not unlabelled else (),
-        sources=[folder], where=[where[i] for i in keep], n_read=len(files), problems=problems,
-        n_problems=len(problems), problem_counts=counts)
-
-
-# -------------------------------------------------------------------------------------------- analysis
 
 
 def _pixel_moments(images: np.ndarray, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -254,11 +88,6 @@ def _value_stats(images: np.ndarray) -> dict:
     values = np.arange(len(histogram))
     mean = float(histogram @ values / histogram.sum())
     return {"pixel_mean": mean, "pixel_std": float(np.sqrt(histogram @ (values - mean) ** 2 / histogram.sum()))}
-
-
-def _finding(check: str, severity: str, split: str | None, message: str, count: int = 0, **details) -> dict:
-    return {"check": check, "severity": severity, "split": split, "message": message, "count": int(count),
-            **details}
 
 
 def _position(problem: dict) -> str:
@@ -587,16 +416,6 @@ def _markdown(title: str, described: list[dict], findings: list[dict], out: str 
     if out:
         lines.append(f"Report: {out} ({seconds:.1f} s)")
     return "\n".join(lines) + "\n"
-
-
-def findings_markdown(findings: list[dict]) -> list[str]:
-    """One Markdown list item per finding, worst first."""
-    order = list(H.SEVERITIES)
-    lines = []
-    for f in sorted(findings, key=lambda f: order.index(f["severity"])):
-        where = f" ({f['split']})" if f.get("split") else ""
-        lines.append(f"- **{f['severity']}**{where}: {f['message']}")
-    return lines
 
 
 def build_data_report(primary: ImageSplit, compare: ImageSplit | None = None, seed: int = 0,

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import html as H
 from . import quality
-from .data import Report, _finding, findings_markdown
+from .findings import Report, _finding, findings_markdown
 
 SAMPLES_PER_LABEL = 8
 MAX_THUMBNAILS = 16

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import html as H
-from .data import Report, ReportError
+from .findings import Report, ReportError
 
 N_BINS = 15
 MAX_MISTAKES_SHOWN = 36
@@ -84,7 +84,7 @@ def _load_model(path):
 def _digits_inputs(model, spec: str, progress: bool):
     """(features float32 (N, F), labels, display images, where(i), dataset name) of a digits dataset."""
     from ..data import to_features
-    from .data import load_split
+    from .splits import load_split
 
     split = load_split(spec, progress=progress)
     if split.labels is None:
