@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -50,11 +49,10 @@ def _fmt(v) -> str:
 
 def write_result(name: str, payload: dict, also=None) -> Path:
     """Write ``bench/results/NAME.json`` (with the machine's description), and a copy to ``also`` if given."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from scratchpilot.util.files import write_json, write_json_result
+
     path = RESULTS / f"{name}.json"
-    text = json.dumps({"machine": machine(), **payload}, indent=2) + "\n"
-    path.write_text(text)
-    if also:
-        Path(also).parent.mkdir(parents=True, exist_ok=True)
-        Path(also).write_text(text)
+    document = {"machine": machine(), **payload}
+    write_json(path, document)
+    write_json_result(also, document)
     return path

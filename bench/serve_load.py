@@ -38,7 +38,7 @@ from _common import REPO, ensure_data_env, table, write_result
 #: targets from the issue
 TARGET_RPS, TARGET_P99_MS = 500, 50
 COLUMNS = ["workers", "threads", "requests", "req_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors",
-           "correct_fraction", "server_cores", "client_cores", "meets_target"]
+           "correct_fraction", "server_cores", "client_cores", "stop_s", "meets_target"]
 #: answers slower than this count as errors (and stop a stuck run)
 REQUEST_TIMEOUT_S = 10.0
 
@@ -250,7 +250,9 @@ def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels
         server_cpu = cpu_seconds(process.pid) - server_cpu0
         client_cpu = time.process_time() - client_cpu0
     finally:
+        stopping = time.perf_counter()
         server_log = stop_server(process)
+        stop_s = time.perf_counter() - stopping
     latencies_ms = np.array(stats["latencies"]) * 1e3
     n = len(latencies_ms)
     errors = sum(stats["errors"].values())
@@ -273,6 +275,8 @@ def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels
         # cores busy over warm-up + measurement, from CPU time: shows how much the client took
         "server_cores": server_cpu / elapsed,
         "client_cores": client_cpu / elapsed,
+        # SIGTERM to exit, right after the load: running requests finish and their answers go out first
+        "stop_s": stop_s,
         "server_log_tail": server_log[-1000:],
     }
 

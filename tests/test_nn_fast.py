@@ -126,10 +126,20 @@ def test_fit_records_its_thread_choice_and_rejects_bad_thread_counts():
         model.fit(X, y, epochs=1, progress=False, threads=0)
 
 
-def test_warm_up_runs_once_per_thread_count():
-    fast.warm_up(1)
-    fast.warm_up(1)
-    assert 1 in fast._warmed_up
+def test_warm_up_runs_once_per_thread_count(monkeypatch):
+    """The warm-up product runs the first time a thread count is asked for, and never again for it."""
+    products = []
+    real_blas_threads = fast.blas_threads
+
+    def counting_blas_threads(n):
+        products.append(n)  # warm_up runs its one product inside this block
+        return real_blas_threads(n)
+
+    monkeypatch.setattr(fast, "_warmed_up", set())
+    monkeypatch.setattr(fast, "blas_threads", counting_blas_threads)
+    for threads in (1, 1, 2, None, 2, 1, None):
+        fast.warm_up(threads)
+    assert products == [1, 2, None]
 
 
 def test_sparse_input_dense_matches_dense_math():

@@ -7,10 +7,6 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-# Not a copy: car/recorder.py as committed still imports atomic_write from here. Delete this line once the
-# car refactor (which imports scratchpilot.util.files itself) is committed.
-from ..util.files import atomic_write  # noqa: F401
-
 GZIP_MAGIC = b"\x1f\x8b"
 
 #: exceptions that a damaged gzip stream raises while it is read
