@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -139,15 +138,10 @@ def test_default_specs():
     assert FramePreprocessor(default_spec((120, 320))).feature_count() <= 2500
 
 
-def test_one_frame_takes_well_under_half_a_millisecond(frames):
+def test_one_frame_gives_the_features_it_gets_in_a_batch(frames):
+    """Driving preprocesses one frame at a time, training a batch: the same numbers either way.
+    (How long one frame takes is measured by bench/pilot_latency.py.)"""
     pre = from_spec(default_spec((96, 96, 3)))
-    for _ in range(50):
-        pre(frames[0])
-    times = []
-    for i in range(500):
-        start = time.perf_counter()
-        pre(frames[i % 5])
-        times.append(time.perf_counter() - start)
-    median_us = float(np.median(times)) * 1e6
-    # about 70 us here on a busy 2-core machine; the whole decide step must stay under 2 ms at p99
-    assert median_us < 500, f"preprocessing one 96x96 frame takes {median_us:.0f} us"
+    batch = pre(frames[:5])
+    for i in range(5):
+        np.testing.assert_array_equal(pre(frames[i]), batch[i:i + 1])

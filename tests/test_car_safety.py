@@ -159,7 +159,7 @@ def test_parts_pass_named_values_in_order_and_end_the_run():
     car.add(counter, outputs=("n", END)).add(Double(), inputs=("n",), outputs=("twice",))
     car.add(tally, inputs=("twice",))
     car.add(TimeLimit(seconds=None), outputs=(END,))  # "not yet" from a later part never cancels an end
-    run = car.run()
+    run = car.run(max_ticks=50)  # a bound, so that a loop that never ends fails instead of hanging
     assert run.ended == "done" and run.ticks == 5 and car.memory["twice"] == 10
     assert tally.counts == {"2": 1, "4": 1, "6": 1, "8": 1, "10": 1}
     assert set(run.part_ms) == {"Counter", "Double", "Tally", "TimeLimit"} and len(run.part_ms["Double"]) == 5
@@ -278,3 +278,47 @@ def test_recorder_part_skips_frames_taken_while_stopped():
 ])
 def test_keys_to_label(held, label):
     assert keys_to_label(held) == label
+
+
+def test_stream_frames_turn_the_client_state_into_stops():
+    """The stream part, with a client of the test's own: no frame, a frame, a drop, a bad JPEG, a gap."""
+    from scratchpilot.car.hardware.stream_protocol import Frame
+    from scratchpilot.car.hardware.stream_source import StreamFrames
+    from scratchpilot.util.images import encode_jpeg
+
+    pytest.importorskip("PIL")
+    good = encode_jpeg(np.full((8, 8, 3), 200, np.uint8))
+
+    class Client:
+        def __init__(self):
+            self.stats = {"drops": 0}
+            self.connected, self.last_error, self.next = True, None, None
+            self.index = 0
+
+        def send(self, jpeg):
+            self.index += 1
+            self.next = Frame(self.index, 5_000_000_000 + self.index, jpeg, 0, 0.0, self.index)
+
+        def wait_frame(self, timeout_s=None):
+            frame, self.next = self.next, None
+            return frame
+
+    client = Client()
+    source = StreamFrames(client, poll_s=0)
+    image, frame_time, fault, restart, index, _ = source.run()
+    assert image is None and frame_time is None and fault is None  # the gate says NO_FRAME
+    client.send(good)
+    image, frame_time, fault, restart, index, _ = source.run()
+    assert image.shape == (8, 8, 3) and frame_time == pytest.approx(5.000000001) and restart and index == 1
+    assert source.run()[:4] == (None, frame_time, None, False)  # nothing new: the newest frame's time
+    client.connected, client.last_error = False, "connection reset"
+    fault = source.run()[2]
+    assert fault == Stop(StopReason.STREAM_LOST, "disconnected: connection reset")
+    client.connected, client.stats["drops"] = True, 1
+    assert source.run()[2].reason is StopReason.STREAM_LOST  # back, but no frame newer than the drop yet
+    client.send(b"\xff\xd8 not a jpeg")
+    image, _, fault, _, _, _ = source.run()
+    assert image is None and fault.reason is StopReason.BAD_FRAME and source.bad_frames == 1
+    client.send(good)
+    image, _, fault, restart, index, _ = source.run()
+    assert image is not None and fault is None and restart and index == 3  # a fresh start after the gap

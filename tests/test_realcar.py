@@ -114,6 +114,9 @@ class UniformCamera:
 
 
 FAULTS = ["dropped mid-frame", "corrupted header", "truncated payload", "oversized length"]
+# Each fault is detected by the client (tests/test_stream.py) and turned into a stop deterministically
+# (tests/test_car_safety.py); end to end here, one fault per kind of stop it causes.
+DRIVE_FAULTS = ["dropped mid-frame", "truncated payload"]  # stream lost, stale frame
 
 
 class FaultyStream(LoopbackServer):
@@ -359,7 +362,7 @@ def test_keys_label_every_frame_while_held_and_drive_the_car(tmp_path, board):
     assert np.all(np.diff(session.timestamps) > 0)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", ["corrupted header"])
 def test_recording_under_stream_faults_stops_the_car_and_stays_intact(tmp_path, board, fault):
     server = FaultyStream()
     client = client_for(server.port)
@@ -394,7 +397,7 @@ def test_recording_under_stream_faults_stops_the_car_and_stays_intact(tmp_path, 
 # ---- driving by prediction ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", DRIVE_FAULTS)
 def test_drive_under_stream_faults_stops_within_250_ms_and_resumes(pilot, board, fault):
     server = FaultyStream()
     try:
