@@ -3,7 +3,7 @@
 // The sketch (scratchpilot_rc.ino) feeds received bytes and the current millis() into an
 // rc::Controller and drives its pins from Controller::outputs(); the host test
 // (arduino/tests/test_rc_protocol.cpp) feeds the same class scripted bytes and fake clocks.
-// The protocol is specified in arduino/README.md; src/scratchpilot/car/serial_link.py mirrors it
+// The protocol is specified in arduino/README.md; tests/fake_arduino.py mirrors it
 // byte for byte (a differential test runs both on the same input).
 //
 // Written for the avr-gcc 5.4 / C++11 subset: no STL, no exceptions, no heap, no stdio.

@@ -67,7 +67,7 @@ class CommandResult:
 
 
 class SerialActuator:
-    """Drive the RC car through the Arduino sketch; an :class:`~scratchpilot.car.sim.Actuator`.
+    """Drive the RC car through the Arduino sketch: one command, one acknowledged line.
 
     Parameters
     ----------
@@ -130,7 +130,7 @@ class SerialActuator:
             self.state = LinkState.CLOSED
             raise
 
-    # -- the Actuator interface --
+    # -- commands --
     def send(self, label: str) -> CommandResult:
         """Drive with a label (``"forward"``, ``"left"``...): :meth:`send_outputs` of its outputs."""
         try:
@@ -304,7 +304,7 @@ class SerialActuator:
 
 
 class SerialCarLink:
-    """The Arduino behind a :class:`~scratchpilot.car.serial_link.SerialActuator` that reopens itself.
+    """The Arduino behind a :class:`SerialActuator` that reopens itself.
 
     When the link is lost (cable pulled, board silent), :meth:`drive` returns False, the board's own
     failsafe releases everything within 250 ms, and a background thread reopens the port every
@@ -318,8 +318,8 @@ class SerialCarLink:
     reconnect_s : float
         Pause between attempts to reopen a lost port.
     actuator_options
-        Passed to :class:`~scratchpilot.car.serial_link.SerialActuator` (``ack_timeout_s``...).
-        The first opening raises :class:`~scratchpilot.car.serial_link.SerialLinkError` as it comes.
+        Passed to :class:`SerialActuator` (``ack_timeout_s``...).
+        The first opening raises :class:`~.serial_protocol.SerialLinkError` as it comes.
     """
 
     def __init__(self, url: str, *, reconnect_s: float = 0.5, **actuator_options: Any):

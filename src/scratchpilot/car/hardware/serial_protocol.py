@@ -1,4 +1,4 @@
-"""The laptop's side of the Arduino link: the line protocol, a serial actuator and a fake Arduino.
+"""The line protocol between the laptop and the Arduino wired to the RC remote.
 
 The protocol (specified in ``arduino/README.md``, implemented for the board in
 ``arduino/scratchpilot_rc/rc_protocol.h``) is ASCII lines ``<body>*<CRC-8 as two hex digits>\\n``:
@@ -19,11 +19,9 @@ Arduino -> host             meaning
 ``E FAILSAFE``               no valid drive command for 250 ms: everything released
 ==========================  ===================================================================
 
-:class:`RcController` is a byte-for-byte Python mirror of the C++ ``rc::Controller`` (a differential
-test in ``tests/test_arduino.py`` feeds both the same bytes); :class:`FakeArduino` runs it behind a
-real byte stream (a TCP socket for pyserial's ``socket://`` URLs, or a pseudo-terminal) for
-end-to-end tests. :class:`SerialActuator` is the :class:`~scratchpilot.car.sim.Actuator` that
-drives the real car; pyserial is imported when one is opened, never at import time.
+The laptop speaks it through :mod:`.serial_link`; the test suite's ``tests/fake_arduino.py`` holds a
+byte-for-byte Python mirror of the board's ``rc::Controller``, checked against the C++ in
+``tests/test_arduino.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ SEQUENCE_MODULUS = 1 << 16
 
 OUT_FORWARD, OUT_REVERSE, OUT_LEFT, OUT_RIGHT = 1, 2, 4, 8
 
-#: Driving label (:data:`scratchpilot.car.sim.LABELS`, plus ``reverse``) -> outputs field. An RC car
+#: Driving label (:data:`scratchpilot.car.links.LABELS`, plus ``reverse``) -> outputs field. An RC car
 #: only turns while it rolls, so ``left``/``right`` hold forward as well. A toy remote has no brake
 #: button: ``brake`` releases everything and lets the car coast.
 LABEL_OUTPUTS: dict[str, str] = {

@@ -1,7 +1,7 @@
 """A scripted expert driver for ``CarRacing-v3`` that reads the track and the car's state, not pixels.
 
 It is the teacher whose (frame, label) pairs the neural pilot imitates, so it only ever chooses one of
-the five discrete commands in :data:`~scratchpilot.car.sim.LABELS`.
+the five discrete commands in :data:`~scratchpilot.car.links.LABELS`.
 
 How it drives
 -------------
@@ -245,7 +245,7 @@ class ScriptedExpert:
 
 
 def drive_episode(sim, expert: ScriptedExpert | None = None, on_step=None):
-    """Let the expert drive ``sim`` (a :class:`~scratchpilot.car.sim.Simulator`) until the episode ends.
+    """Let the expert drive ``sim`` (a :class:`~scratchpilot.car.sim.env.Simulator`) until the episode ends.
 
     Parameters
     ----------
