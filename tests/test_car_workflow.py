@@ -9,6 +9,7 @@ import pytest
 
 from scratchpilot.car.checking import check_pilot, picked_frames
 from scratchpilot.car.pilot import Pilot, with_history
+from scratchpilot.car.sessions import Session
 from scratchpilot.car.sim.runs import drive_sim, record_expert
 from scratchpilot.car.training import train_pilot
 from scratchpilot.cli import main
@@ -69,14 +70,46 @@ def test_car_cli_train_and_check(recorded, tmp_path, capsys):
     assert path.name in capsys.readouterr().out
 
 
-def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path):
+@pytest.mark.parametrize(("arch", "epochs"), [("mlp", 25), ("cnn", 6)])
+def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path, arch, epochs):
     """A real car's frames: a held-out split (blocks of consecutive frames, never single frames)."""
     from scratchpilot.car.sessions.importers import import_tub
 
     session = import_tub(shared_data / "donkeycar-tub" / "tub.tar.gz", tmp_path)
-    model, report = train_pilot([session], epochs=25, history_lag=0, hidden=64, seed=0, progress=False)
-    assert report["frames"] == 1000 and report["validation_frames"] >= 100
+    model, report = train_pilot([session], epochs=epochs, history_lag=0, hidden=64, seed=0, progress=False,
+                                arch=arch)
+    assert report["frames"] == 1000 and report["validation_frames"] >= 100 and report["arch"] == arch
     assert report["validation_accuracy"] > report["validation_majority_baseline"] + 0.05, report
+
+
+def test_cnn_pilot_sees_at_drive_time_what_it_was_trained_on(recorded, tmp_path, capsys):
+    """The CNN pilot: its input is the frame and its motion as two channels, built the same way for
+    training (model_inputs) and driving (Pilot.features); check, drive, the CLI and report model take it."""
+    from scratchpilot.car.pilot import model_inputs
+    from scratchpilot.car.sessions import load_frames
+
+    root, path, _ = recorded
+    model, report = train_pilot([path], epochs=1, arch="cnn", progress=False)
+    assert model.input_shape == (42, 48, 2) and model.metadata["input_layout"] == "image"
+    assert any(type(layer).__name__ == "Conv2D" for layer in model.layers)
+    model.save(tmp_path / "cnn.npz")
+    pilot = Pilot.load(tmp_path / "cnn.npz")
+    frames = load_frames([path], pilot.preprocess)
+    trained_on = model_inputs(pilot, frames.features, frames.groups)
+    raw = Session.open(path).frames()[:5]
+    live = np.concatenate([pilot.features(frame) for frame in raw])
+    np.testing.assert_allclose(live, trained_on[:5], atol=1e-6)
+    assert check_pilot(pilot, [path])["frames"] == 300
+    result = drive_sim(pilot, [3], max_steps=30, progress=False)
+    assert result["tracks"][0]["steps"] == 30 and sum(result["tracks"][0]["labels"].values()) == 30
+    assert main(["car", "train", "--arch", "cnn", "--sessions", str(root), "--model", str(tmp_path / "c.npz"),
+                 "--epochs", "1"]) == 0
+    assert load(tmp_path / "c.npz").metadata["arch"] == "cnn"
+    out = tmp_path / "report.json"
+    assert main(["report", "model", str(tmp_path / "cnn.npz"), str(root), "--out", str(tmp_path / "r.html"),
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 300
+    capsys.readouterr()
 
 
 def test_with_history_matches_the_pilot_at_drive_time():

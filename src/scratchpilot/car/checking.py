@@ -22,12 +22,12 @@ def picked_frames(sessions, positions: np.ndarray) -> np.ndarray:
 def check_pilot(pilot, sessions, sheet_path=None, thumbnails: int = 40, seed: int = 0) -> dict:
     """Accuracy and confusion per label of a pilot on sessions, and a contact sheet of predictions."""
     from ..digits.metrics import confusion_matrix, per_class_report
-    from .pilot import with_history
+    from .pilot import model_inputs
     from .sessions.reader import load_frames
 
     opened = open_sessions(sessions)
     frames = load_frames(opened, pilot.preprocess)
-    X = with_history(frames.features, frames.groups, pilot.history_lag)
+    X = model_inputs(pilot, frames.features, frames.groups)
     names = list(frames.label_names)
     if names != pilot.labels:
         raise ValueError(f"the sessions' labels {names} differ from the pilot's {pilot.labels}")

@@ -49,8 +49,11 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("train", help="train a pilot on recorded sessions")
     p.add_argument("--sessions", nargs="+", default=["sessions"], help="session folders or roots")
     p.add_argument("--model", default="pilot.npz", help="where to save the pilot (default pilot.npz)")
-    p.add_argument("--hidden", type=int, default=128, help="hidden units of the 3-layer net (default 128)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp: the blog's 3-layer net on the flattened frame; cnn: a small donkeycar-style conv "
+                        "net on the frame and its motion channel (default mlp)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units of the dense layer (default 128)")
+    p.add_argument("--epochs", type=int, help="passes over the data (default 10 for mlp, 6 for cnn)")
     p.add_argument("--history-lag", type=int, default=2,
                    help="also feed the change since this many frames ago, so the net can see motion (0 = off; "
                         "default 2)")
@@ -102,6 +105,7 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--episodes", type=int, help="expert episodes to record first (default 10)")
     demo.add_argument("--tracks", type=int, default=10, help="unseen tracks to drive (default 10)")
     demo.add_argument("--rounds", type=int, help="DAgger rounds (default 2)")
+    demo.add_argument("--arch", choices=["mlp", "cnn"], help="the pilot's network (default mlp, measured better)")
     demo.add_argument("--dagger-episodes", type=int, help="tracks per DAgger round (default 8)")
     demo.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)  # tests: cut every episode short
     demo.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,9 @@ class Pilot:
         With ``metadata["labels"]`` (class index → label) and ``metadata["preprocessing"]`` (the spec).
     """
 
+    input_layout = "flat"
+    image_shape: tuple[int, int, int] | None = None
+
     def __init__(self, model, policy: str = "argmax", seed: int | None = 0) -> None:
         from .preprocess import from_metadata
 
@@ -38,6 +41,14 @@ class Pilot:
         self.labels: list[str] = list(meta["labels"])
         self.preprocess = from_metadata(meta)
         self.history_lag = int(meta.get("history_lag", 0))
+        #: "flat": one row [x, x − x_{t−k}] (the MLP); "image": (H, W, 2C), the frame and its change as
+        #: channels (the CNN); ``image_shape`` is the preprocessed frame's (rows, cols, channels)
+        self.input_layout = str(meta.get("input_layout", "flat"))
+        if self.input_layout not in ("flat", "image"):
+            raise ValueError(f"unknown input_layout {self.input_layout!r} in the model's metadata")
+        if self.input_layout == "image" and "image_shape" not in meta:
+            raise ValueError("an image-input pilot model needs 'image_shape' in its metadata")
+        self.image_shape = tuple(int(n) for n in meta["image_shape"]) if self.input_layout == "image" else None
         if model.n_outputs != len(self.labels):
             raise ValueError(f"model has {model.n_outputs} outputs but {len(self.labels)} labels")
         self._past: list[np.ndarray] = []
@@ -48,14 +59,18 @@ class Pilot:
 
     def features(self, frame: np.ndarray) -> np.ndarray:
         """The network input for one frame: its preprocessed pixels, plus — with ``history_lag`` k — the
-        change since k frames ago, which is how a single camera sees speed. (1, F) or (1, 2F)."""
+        change since k frames ago, which is how a single camera sees speed. (1, F) or (1, 2F) flat, or
+        (1, H, W, C) / (1, H, W, 2C) in the image layout."""
         x = self.preprocess(frame)
-        if not self.history_lag:
-            return x
-        self._past.append(x)
-        if len(self._past) > self.history_lag + 1:
-            self._past.pop(0)
-        return np.concatenate([x, x - self._past[0]], axis=1)
+        parts = (x,)
+        if self.history_lag:
+            self._past.append(x)
+            if len(self._past) > self.history_lag + 1:
+                self._past.pop(0)
+            parts = (x, x - self._past[0])
+        if self.input_layout == "image":
+            return as_image(parts, self.image_shape)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     @classmethod
     def load(cls, path, policy: str = "argmax", seed: int | None = 0) -> Pilot:
@@ -75,13 +90,30 @@ class Pilot:
         return self.labels[k], float(probabilities[k]), probabilities
 
 
-def with_history(features: np.ndarray, groups: np.ndarray, lag: int) -> np.ndarray:
+def as_image(parts, image_shape) -> np.ndarray:
+    """Stack flat feature blocks, each (N, H·W·C) in (row, col, channel) order, as the channels of one
+    image: (N, H, W, C·len(parts)) -- the frame and its change side by side in each pixel."""
+    rows, cols, channels = image_shape
+    return np.concatenate([p.reshape(p.shape[0], rows, cols, channels) for p in parts], axis=3)
+
+
+def with_history(features: np.ndarray, groups: np.ndarray, lag: int, image_shape=None) -> np.ndarray:
     """Training-side twin of :meth:`Pilot.features`: append ``x_t − x_{t−lag}`` within each group
-    (episode), using the group's first frame where t < lag. features (N, F) in time order → (N, 2F)."""
+    (episode), using the group's first frame where t < lag. features (N, F) in time order → (N, 2F), or
+    with ``image_shape`` (rows, cols, channels) the image layout (N, rows, cols, 2·channels)."""
     if not lag:
-        return features
+        return features if image_shape is None else as_image((features,), image_shape)
     previous = np.empty_like(features)
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
         previous[idx] = features[idx[np.maximum(np.arange(len(idx)) - lag, 0)]]
-    return np.concatenate([features, features - previous], axis=1)
+    np.subtract(features, previous, out=previous)  # x_t − x_{t−lag}, in place: the arrays are large
+    if image_shape is not None:
+        return as_image((features, previous), image_shape)
+    return np.concatenate([features, previous], axis=1)
+
+
+def model_inputs(pilot: Pilot, features: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The network inputs of recorded frames for ``pilot``'s model (checking, reports): its history and
+    its input layout, exactly as at drive time."""
+    return with_history(features, groups, pilot.history_lag, pilot.image_shape)

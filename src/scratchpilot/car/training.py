@@ -48,36 +48,68 @@ def open_sessions(items) -> list:
     return opened
 
 
+ARCHS = ("mlp", "cnn")
+
+
+def pilot_layers(arch: str, input_shape, n_labels: int, hidden: int = 128) -> list:
+    """The pilot's layers for ``arch``.
+
+    - ``"mlp"``: the blog's 3 layers, flat input [x, Δx] → Dense(hidden) → ReLU → Dropout 0.2 → Dense.
+    - ``"cnn"``: donkeycar-style strided convolutions on the (H, W, 2) image of the frame and its change
+      (stride 2 instead of pooling keeps the forward pass small enough for one core at camera rate):
+      conv 5×5/2 (16) → conv 3×3/2 (32) → conv 3×3/2 (32), each with BatchNorm and ReLU ("same"
+      padding: 42×48 → 21×24 → 11×12 → 6×6), then Flatten → Dense(hidden) → ReLU → Dropout 0.2 → Dense.
+    """
+    from .. import nn
+
+    if arch == "mlp":
+        return [nn.Dense(int(np.prod(input_shape)), hidden, init="he"), nn.ReLU(), nn.Dropout(0.2),
+                nn.Dense(hidden, n_labels, init="glorot")]
+    if arch != "cnn":
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    rows, cols, width = input_shape
+    layers = []
+    for out, kernel in ((16, 5), (32, 3), (32, 3)):
+        layers += [nn.Conv2D(width, out, kernel=kernel, stride=2, padding="same"), nn.BatchNorm(out), nn.ReLU()]
+        width, rows, cols = out, -(-rows // 2), -(-cols // 2)
+    return layers + [nn.Flatten(), nn.Dense(rows * cols * width, hidden, init="he"), nn.ReLU(), nn.Dropout(0.2),
+                     nn.Dense(hidden, n_labels, init="glorot")]
+
+
 def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
-                history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5):
-    """Train the blog's 3-layer pilot (input → hidden → one output per label) on recorded sessions.
+                history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5,
+                arch: str = "mlp"):
+    """Train a pilot on recorded sessions: ``arch`` "mlp" (the blog's 3 layers) or "cnn" (see
+    :func:`pilot_layers`), one output per label.
 
     ``balance``: rare labels are oversampled so each is drawn in proportion to count**balance (1 = as
     recorded, 0.5 = square root, 0 = all labels equally often).
-    Returns ``(model, report)``: the model carries its labels, preprocessing spec and history lag in its
-    metadata; the report has the split, class counts and train/validation accuracy.
+    Returns ``(model, report)``: the model carries its labels, preprocessing spec, history lag and input
+    layout in its metadata; the report has the split, class counts and train/validation accuracy.
     """
     from .. import nn
     from .pilot import with_history
     from .preprocess import default_spec, from_spec
     from .sessions.reader import load_frames
 
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     opened = open_sessions(sessions)
     frame_shape = opened[0].frame_shape
     preprocess = from_spec(spec or default_spec(frame_shape))
+    image_shape = preprocess.output_shape(frame_shape) if arch == "cnn" else None
     # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
     # blocks of consecutive frames, and hold out whole blocks.
     episodes = sum(len(np.unique(s.episodes)) for s in opened)
     frames = load_frames(opened, preprocess, block_frames=100 if episodes < 5 else None)
-    X = with_history(frames.features, frames.groups, history_lag)
+    X = with_history(frames.features, frames.groups, history_lag, image_shape)
     y = frames.labels
     rng = np.random.default_rng(seed)
     val = split_by_group(frames.groups, val_fraction, rng)
     train_idx = balanced_indices(y[~val], rng, power=balance)
     X_train, y_train = X[~val][train_idx], y[~val][train_idx]
     labels = list(frames.label_names)
-    model = nn.Sequential([nn.Dense(X.shape[1], hidden, init="he"), nn.ReLU(), nn.Dropout(0.2),
-                           nn.Dense(hidden, len(labels), init="glorot")],
+    model = nn.Sequential(pilot_layers(arch, X.shape[1:], len(labels), hidden), input_shape=X.shape[1:],
                           loss=nn.SoftmaxCrossEntropy(),
                           optimizer=nn.Adam(lr=1e-3, weight_decay=1e-4, schedule=nn.CosineDecay(epochs, 0.05)),
                           seed=seed)
@@ -85,7 +117,8 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     model.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_data=validation, progress=progress)
     counts = {labels[k]: int(n) for k, n in zip(*np.unique(y, return_counts=True), strict=True)}
     report = {
-        "frames": int(len(y)), "features": int(X.shape[1]), "labels": labels, "label_counts": counts,
+        "frames": int(len(y)), "features": int(np.prod(X.shape[1:])), "labels": labels, "label_counts": counts,
+        "arch": arch,
         "groups": len(frames.group_keys), "validation_groups": sorted({str(frames.group_keys[g]) for g in
                                                                        np.unique(frames.groups[val])}),
         "train_frames": int((~val).sum()), "validation_frames": int(val.sum()),
@@ -96,9 +129,13 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
         majority = np.bincount(y[val], minlength=len(labels)).max() / val.sum()
         report["validation_majority_baseline"] = float(majority)
     model.metadata = {"task": "pilot", "labels": labels, "preprocessing": preprocess.spec,
-                      "history_lag": history_lag, "sessions": [s.name for s in opened],
+                      "history_lag": history_lag, "arch": arch,
+                      "input_layout": "image" if image_shape is not None else "flat",
+                      "sessions": [s.name for s in opened],
                       "frame_shape": list(frame_shape), "train_report": report,
                       "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if image_shape is not None:
+        model.metadata["image_shape"] = list(image_shape)
     return model, report
 
 
@@ -106,12 +143,14 @@ DEMO_EPISODES = 10  #: expert episodes recorded first
 DEMO_DAGGER_ROUNDS = 2  #: rounds of "the pilot drives new tracks, the expert labels, the pilot is retrained"
 DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
 DEMO_EPOCHS = 10
+DEMO_CNN_EPOCHS = 6  #: the CNN learns in fewer epochs, and each costs several of the MLP's
+DEMO_ARCH = "mlp"  #: the demo's pilot: the MLP drove better than the CNN on the same recipe (README)
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
 
 
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
                    dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
-                   max_steps: int | None = None):
+                   max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
@@ -121,11 +160,13 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     Each model's own drive doubles as its validation (on training tracks, never the demo's unseen ones):
     the model of the round with the best mean score is returned: a round's model can be much worse than
     the one before it, so picking beats taking the last.
+    ``arch`` is the pilot's network (:func:`pilot_layers`); ``epochs`` defaults to the arch's own.
     Returns ``(model, report, log of rounds)``.
     """
     from .pilot import Pilot
     from .sim.runs import record_expert
 
+    epochs = epochs or (DEMO_CNN_EPOCHS if arch == "cnn" else DEMO_EPOCHS)
     first = DEMO_TRAIN_SEEDS_START
     t0 = time.perf_counter()
     session, recorded = record_expert(root, range(first, first + episodes), progress=progress, max_steps=max_steps)
@@ -136,7 +177,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     sessions, next_seed, candidates = [session], first + episodes, []
     for r in range(rounds + 1):
         t1 = time.perf_counter()
-        model, report = train_pilot(sessions, seed=seed, epochs=DEMO_EPOCHS, progress=progress)
+        model, report = train_pilot(sessions, seed=seed, epochs=epochs, progress=progress, arch=arch)
         log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
             f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
             f"{time.perf_counter() - t1:.0f} s")

@@ -99,25 +99,28 @@ def _digits_inputs(model, spec: str, progress: bool):
 
 
 def _pilot_inputs(model, spec: str):
-    """The same for a pilot on a folder of driving sessions; also returns the session of each frame."""
-    from ..car.preprocess import PreprocessSpecError, from_metadata
+    """The same for a pilot (MLP or CNN) on a folder of driving sessions; also returns the session of each
+    frame. The inputs are built as at drive time: the stored preprocessing, history and input layout."""
+    from ..car.pilot import Pilot, model_inputs
+    from ..car.preprocess import PreprocessSpecError
     from ..car.sessions import SessionError, load_frames
 
     try:
-        preprocess = from_metadata(model.metadata or {}, where="the model")
+        pilot = Pilot(model)
         frames = load_frames([spec])
-    except (PreprocessSpecError, SessionError) as exc:
+    except (PreprocessSpecError, SessionError, ValueError) as exc:
         raise ModelReportError(str(exc)) from None
     labels = list((model.metadata or {}).get("labels") or [])
     if list(frames.label_names) != labels:
         raise ModelReportError(f"the model's labels ({', '.join(labels)}) differ from the sessions' "
                                f"({', '.join(frames.label_names)})")
     try:
-        features = preprocess(frames.features)
+        features = model_inputs(pilot, pilot.preprocess(frames.features), frames.groups)
     except PreprocessSpecError as exc:
         raise ModelReportError(f"{spec}: {exc}") from None
-    if model.n_inputs != features.shape[1]:
-        raise ModelReportError(f"the model takes {model.n_inputs} inputs, the preprocessing gives {features.shape[1]}")
+    if model.n_inputs != int(np.prod(features.shape[1:])):
+        raise ModelReportError(f"the model takes {model.n_inputs} inputs, the preprocessing gives "
+                               f"{int(np.prod(features.shape[1:]))}")
     session_of = np.array([frames.group_keys[g][0] for g in frames.groups])
     position = np.zeros(len(frames.labels), np.int64)
     for name in np.unique(session_of):

@@ -13,7 +13,7 @@ from ...util.files import write_json, write_json_result
 def run(args: argparse.Namespace) -> int:
     from ..pilot import Pilot
     from ..sim.runs import drive_sim, expert_scores
-    from ..training import DEMO_DAGGER_EPISODES, DEMO_DAGGER_ROUNDS, DEMO_EPISODES, learn_to_drive
+    from ..training import DEMO_ARCH, DEMO_DAGGER_EPISODES, DEMO_DAGGER_ROUNDS, DEMO_EPISODES, learn_to_drive
     from .drive import format_drive_table
 
     out = Path(args.out)
@@ -21,11 +21,12 @@ def run(args: argparse.Namespace) -> int:
     episodes = args.episodes or DEMO_EPISODES
     rounds = DEMO_DAGGER_ROUNDS if args.rounds is None else args.rounds
     dagger_episodes = args.dagger_episodes or DEMO_DAGGER_EPISODES
+    arch = getattr(args, "arch", None) or DEMO_ARCH
     t0 = time.perf_counter()
-    print(f"1/3 learning to drive: the scripted expert on {episodes} training tracks, then "
+    print(f"1/3 learning to drive ({arch} pilot): the scripted expert on {episodes} training tracks, then "
           f"{rounds} rounds of the pilot driving while the expert labels (DAgger)", flush=True)
     model, report, learning = learn_to_drive(out / "sessions", episodes=episodes, seed=args.seed,
-                                           rounds=rounds, dagger_episodes=dagger_episodes,
+                                           rounds=rounds, dagger_episodes=dagger_episodes, arch=arch,
                                            max_steps=args.max_steps, log=lambda line: print(line, flush=True))
     model_path = out / "pilot.npz"
     model.save(model_path)
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     total_s = time.perf_counter() - t0
     print()
     print(format_drive_table(result, expert))
-    results = {"mean_score": result["mean_score"], "expert_mean_score": expert["mean_score"],
+    results = {"arch": arch, "mean_score": result["mean_score"], "min_score": result["min_score"],
+               "expert_mean_score": expert["mean_score"],
+               "score_vs_expert": result["mean_score"] / expert["mean_score"],
                "decide_ms_p99": result["decide_ms_p99"], "decide_ms_p50": result["decide_ms_p50"],
                "loop_hz": result["loop_hz"], "laps_completed": result["laps_completed"],
                "tracks": result["tracks"], "expert_tracks": expert["tracks"], "train_report": report,

@@ -13,15 +13,16 @@ from ...util.files import write_json_result
 def run_train(args: argparse.Namespace) -> int:
     try:
         # preprocessing follows the frames: the simulator's crop for 96x96 frames, else block means
-        from ..training import train_pilot
+        from ..training import DEMO_CNN_EPOCHS, DEMO_EPOCHS, train_pilot
 
-        model, report = train_pilot(args.sessions, hidden=args.hidden, epochs=args.epochs,
+        epochs = args.epochs or (DEMO_CNN_EPOCHS if args.arch == "cnn" else DEMO_EPOCHS)
+        model, report = train_pilot(args.sessions, hidden=args.hidden, epochs=epochs, arch=args.arch,
                                     val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
                                     history_lag=args.history_lag)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     model.save(args.model)
-    print(f"{report['frames']:,d} frames, labels {report['label_counts']}")
+    print(f"{args.arch}: {report['frames']:,d} frames, labels {report['label_counts']}")
     print(f"train accuracy {report['train_accuracy']:.2%}", end="")
     if report["validation_accuracy"] is not None:
         print(f", validation accuracy {report['validation_accuracy']:.2%} on held-out (session, episode[, block]) "
