@@ -224,9 +224,20 @@ def test_the_simulator_and_the_real_car_run_the_same_loop_and_gate():
         def show(self, image, lines):
             pass
 
+    class EndEpisode:  # the lap is over after 3 frames, as far as the loop can tell
+        def __init__(self, sim):
+            self.sim = sim
+
+        def run(self):
+            if self.sim.metrics.steps >= 3:
+                self.sim.stop()
+
     with Simulator(0) as sim:
-        sim_car = pilot_vehicle(sim, FixedPilot(), max_steps=3)
-        assert sim_car.run().ticks == 4 and sim.metrics.steps == 3  # 3 commands, then "max steps"
+        sim_car = pilot_vehicle(sim, FixedPilot(), extra=[(EndEpisode(sim), (), ())])
+        run = sim_car.run()
+        assert run.ticks == 4 and run.ended == "episode over" and sim.metrics.steps == 3
+        gate = next(e.part for e in sim_car.entries if e.name == "safety")
+        assert gate.stop_count == 0  # the end of the episode is not a stop
     real = RealCar(FakeClient(), Safety(NoCarLink()), Controls(), pilot=FixedPilot())
     assert real.vehicle.run(max_ticks=2).ticks == 2 and real.safety.stop.reason is StopReason.NO_FRAME
     for car in (sim_car, real.vehicle):

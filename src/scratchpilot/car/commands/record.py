@@ -39,7 +39,8 @@ def sim_keyboard_vehicle(sim, window, writer, *, max_steps: int | None = None):
     car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
     car.add(WindowControls(window), outputs=("held", "estop", "end"))
     car.add(KeyboardPart(), inputs=("held",), outputs=("label",), run_if="image")
-    car.add(safety, inputs=("label", "confidence", "frame_time", "source_fault", "estop"), outputs=("sent", "stop"))
+    car.add(safety, inputs=("label", "confidence", "frame_time", "source_fault", "estop"), outputs=("sent", "stop"),
+            run_if="image")
     car.add(recorder, inputs=("image", "label", "frame_time", "episode", "stop"), outputs=("recorded",))
     count = lambda: f"recorded: {recorder.stats['recorded']}"  # noqa: E731
     car.add(WindowDisplay(window, safety, "keys", count, clock=lambda: sim.time),

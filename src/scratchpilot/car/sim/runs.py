@@ -27,8 +27,9 @@ def pilot_vehicle(sim, pilot, *, max_steps: int | None = None, extra=()) -> Vehi
     car = Vehicle()
     car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
     car.add(PilotPart(pilot), inputs=("image",), outputs=("label", "confidence"), run_if="image", name="pilot")
+    # run_if: once the episode is over there is no frame and no car to command
     car.add(sim_safety(sim), inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"),
-            name="safety")
+            run_if="image", name="safety")
     for part, inputs, outputs in extra:
         car.add(part, inputs, outputs)
     return car
@@ -75,7 +76,8 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
                 car.add(PilotPart(pilot), inputs=("image",), outputs=("label", "confidence"), run_if="image")
             car.add(RecorderPart(writer), inputs=("image", "expert_label", "frame_time", "episode"),
                     outputs=("recorded",))
-            car.add(sim_safety(sim), inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"))
+            car.add(sim_safety(sim), inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"),
+                    run_if="image")
             car.add(Progress(bar))
             for episode, seed in enumerate(seeds):
                 if episode:
