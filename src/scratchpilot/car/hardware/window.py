@@ -5,6 +5,7 @@ pygame is imported when a window opens, never at module import.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,8 +139,6 @@ class WindowDisplay:
     """
 
     def __init__(self, window, safety, who: str = "label", count=None, clock=None):
-        import time
-
         self.window, self.safety, self.who, self.count = window, safety, who, count
         self._clock = clock or time.time
         self._last_stop = object()

@@ -69,7 +69,7 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
         try:
             car = Vehicle()
             car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
-            car.add(ExpertPart(expert, sim), outputs=("expert_label",))
+            car.add(ExpertPart(expert, sim), outputs=("expert_label",), run_if="image")
             if pilot is None:
                 car.add(Perturbation(noise, rng), inputs=("expert_label",), outputs=("label",), run_if="image")
             else:
