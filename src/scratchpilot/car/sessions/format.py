@@ -1,0 +1,48 @@
+"""Crash-safe, append-only recording of driving sessions: frames, labels, timestamps, episodes.
+
+A session is one folder::
+
+    <root>/<name>/
+        manifest.json           # metadata + the list of complete chunks (atomically replaced)
+        chunk-000000.npz        # frames (n, H, W[, C]) uint8, labels (n,) uint8, timestamps (n,) float64,
+        chunk-000001.npz        #   episodes (n,) int32; written once, never modified
+        exclusions.json         # optional: frame ranges left out by cleaning (see scratchpilot.car.sessions)
+
+How it survives ``kill -9`` and power cuts: frames are buffered in memory and written as a chunk every
+``chunk_frames`` frames or ``chunk_seconds`` seconds. Each chunk goes to a hidden temp file, is fsynced and
+renamed into place, and only then is the manifest (itself written to a temp file, fsynced and renamed)
+updated to list it with its frame count and sha256. The manifest therefore only ever names complete,
+durable chunks; a crash loses the chunk in progress and nothing else. Readers trust only the manifest:
+leftover temp files (``.*.tmp``) and chunks written but not yet listed are ignored.
+
+Chunks are written by one background thread so that a slow disk (an fsync can take 100 ms on an SD card)
+never stalls the driving loop; at most two chunks wait in memory, after which :meth:`SessionWriter.add`
+waits for the disk. A failed write is raised by the next ``add``, ``flush`` or ``close``.
+
+Everything is loaded with ``np.load(..., allow_pickle=False)``; nothing read from a session is executed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ...util.files import read_json as _read_json
+
+FORMAT = "scratchpilot-session"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EXCLUSIONS = "exclusions.json"
+CHUNK_KEYS = ("frames", "labels", "timestamps", "episodes")
+_CHUNK_NAME = re.compile(r"^chunk-(\d{6})\.npz$")
+_MAX_PENDING_CHUNKS = 2
+
+
+class SessionError(ValueError):
+    """A session folder that cannot be read or written; the message names the file and the problem."""
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Load a JSON file of a session; every problem is a :class:`SessionError` naming the file and line."""
+    return _read_json(path, what, error=SessionError)
