@@ -265,11 +265,11 @@ class StreamServer:
         except OSError as exc:
             reason = f"connection error ({exc.strerror or exc})"
         finally:
+            client.close()
+            if reason != "server stopping":  # counted before the client leaves the set: clients_active
+                self._count("clients_dropped", 1)  # never shows a client gone that stats still miss
             with self._clients_lock:
                 self._clients.discard(client)
-            client.close()
-            if reason != "server stopping":
-                self._count("clients_dropped", 1)
             log.info("stream: client %s:%d left: %s", peer[0], peer[1], reason)
 
 
