@@ -6,7 +6,7 @@ figures the car issue asks for come side by side: mean and worst track against t
 the per-seed means, decide p50/p99, loop rate and the wall time of the whole recipe.
 
     python bench/pilot_recipe.py [--arch mlp|cnn] [--rounds 2] [--dagger-episodes 8] [--seeds 0,1,2]
-                                 [--tracks 10] [--json PATH]
+                                 [--noise 0.02] [--tracks 10] [--json PATH]
 """
 
 from __future__ import annotations
@@ -47,17 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=["mlp", "cnn"], default="mlp")
     parser.add_argument("--rounds", type=int, default=2, help="DAgger rounds (the demo: 2)")
     parser.add_argument("--dagger-episodes", type=int, default=8, help="tracks per round (the demo: 8)")
+    parser.add_argument("--noise", type=float, default=0.02, help="expert perturbation rate (the demo: 0.02)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     parser.add_argument("--tracks", type=int, default=10, help="unseen tracks 0..N-1 (default 10)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here (they always go to "
-                        "bench/results/pilot_recipe_ARCH_rROUNDSxEPISODES.json)")
+                        "bench/results/pilot_recipe_ARCH_rROUNDSxEPISODES_noiseN.json)")
     args = parser.parse_args(argv)
     from scratchpilot.car.sim.runs import expert_scores
 
     seeds = [int(s) for s in args.seeds.split(",")]
     tracks = list(range(args.tracks))
     expert = expert_scores(tracks)
-    recipe = {"arch": args.arch, "rounds": args.rounds, "dagger_episodes": args.dagger_episodes}
+    recipe = {"arch": args.arch, "rounds": args.rounds, "dagger_episodes": args.dagger_episodes, "noise": args.noise}
     print(f"recipe {recipe}, seeds {seeds}, tracks 0..{args.tracks - 1} (expert mean {expert['mean_score']:.1f})",
           flush=True)
     runs = []
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, ["seed", "mean", "worst", "laps", "round", "p99 ms", "Hz", "s"]))
     print(f"mean {summary['mean']:.1f} = {summary['mean_vs_expert']:.1%} of the expert's {expert['mean_score']:.1f}; "
           f"worst track {summary['worst_track']:.1f}; spread of the seed means {summary['seed_spread']:.1f}")
-    path = write_result(f"pilot_recipe_{args.arch}_r{args.rounds}x{args.dagger_episodes}", summary, also=args.json)
+    name = f"pilot_recipe_{args.arch}_r{args.rounds}x{args.dagger_episodes}_noise{args.noise:g}"
+    path = write_result(name, summary, also=args.json)
     print(f"wrote {path}")
     return 0
 

@@ -144,13 +144,15 @@ DEMO_DAGGER_ROUNDS = 2  #: rounds of "the pilot drives new tracks, the expert la
 DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
 DEMO_EPOCHS = 10
 DEMO_CNN_EPOCHS = 6  #: the CNN learns in fewer epochs, and each costs several of the MLP's
+DEMO_NOISE = 0.02  #: the expert's perturbation probability per frame while it records (DART)
 DEMO_ARCH = "mlp"  #: the demo's pilot: the MLP drove better than the CNN on the same recipe (README)
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
 
 
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
                    dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
-                   max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None):
+                   max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
+                   noise: float = DEMO_NOISE):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
@@ -160,7 +162,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     Each model's own drive doubles as its validation (on training tracks, never the demo's unseen ones):
     the model of the round with the best mean score is returned: a round's model can be much worse than
     the one before it, so picking beats taking the last.
-    ``arch`` is the pilot's network (:func:`pilot_layers`); ``epochs`` defaults to the arch's own.
+    ``arch`` is the pilot's network (:func:`pilot_layers`); ``epochs`` defaults to the arch's own;
+    ``noise`` is the expert's perturbation rate while it records (:func:`~.sim.runs.record_expert`).
     Returns ``(model, report, log of rounds)``.
     """
     from .pilot import Pilot
@@ -169,7 +172,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     epochs = epochs or (DEMO_CNN_EPOCHS if arch == "cnn" else DEMO_EPOCHS)
     first = DEMO_TRAIN_SEEDS_START
     t0 = time.perf_counter()
-    session, recorded = record_expert(root, range(first, first + episodes), progress=progress, max_steps=max_steps)
+    session, recorded = record_expert(root, range(first, first + episodes), noise=noise, progress=progress,
+                                      max_steps=max_steps)
     history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
                 "scores": [e["score"] for e in recorded]}]
     log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "

@@ -29,13 +29,11 @@ Every error names the file and the line (or row) at fault.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .format import (_CHUNK_NAME, CHUNK_KEYS, EXCLUSIONS, FORMAT, FORMAT_VERSION, MANIFEST, SessionError,
-                     read_json)
+from .format import _CHUNK_NAME, CHUNK_KEYS, EXCLUSIONS, FORMAT, FORMAT_VERSION, MANIFEST, SessionError, read_json
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import os
 import re
 import threading
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 from ...util.files import json_text, write_atomic
 from ..links import LABELS
-from .format import CHUNK_KEYS, FORMAT, FORMAT_VERSION, MANIFEST, SessionError, _MAX_PENDING_CHUNKS
+from .format import _MAX_PENDING_CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, SessionError
 
 
 def _scratchpilot_version() -> str:
