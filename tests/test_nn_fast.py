@@ -120,7 +120,8 @@ def test_fit_records_its_thread_choice_and_rejects_bad_thread_counts():
     rng = np.random.default_rng(0)
     X, y = rng.random((20000, 500), dtype=np.float32), rng.integers(0, 3, 20000)
     model = nn.Sequential([nn.Dense(500, 200), nn.ReLU(), nn.Dense(200, 3)], seed=0)
-    model.fit(X, y, epochs=2, batch_size=64, progress=False)  # long enough for one probe of 8 blocks
+    # a probe is 8 blocks of at least 20 ms: big batches, so that even an idle, fast machine finishes one
+    model.fit(X, y, epochs=12, batch_size=1024, progress=False)
     assert model.thread_tuner.choices and model.thread_tuner.choices[0][1] in fast.candidate_threads()
     with pytest.raises(ValueError, match="threads"):
         model.fit(X, y, epochs=1, progress=False, threads=0)
