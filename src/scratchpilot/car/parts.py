@@ -77,7 +77,7 @@ class RecorderPart:
         self.writer = writer
         self.stats: dict[str, int] = {"recorded": 0}
         self.label_counts: dict[str, int] = {}
-        self._warned: set[str] = set()
+        self._warned_shape = False
 
     def run(self, image, label, frame_time, episode=0, stop=None) -> bool:
         if image is None or label is None:
@@ -87,9 +87,9 @@ class RecorderPart:
         try:
             self.writer.add(image, label, frame_time, episode=episode or 0)
         except ValueError as exc:  # the camera changed size mid-session
-            if "shape" not in self._warned:
+            if not self._warned_shape:
                 log.error("record: %s; such frames are skipped", exc)
-                self._warned.add("shape")
+                self._warned_shape = True
             return self._skip("shape")
         self.stats["recorded"] += 1
         self.label_counts[label] = self.label_counts.get(label, 0) + 1

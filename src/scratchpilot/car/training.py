@@ -144,9 +144,16 @@ DEMO_DAGGER_ROUNDS = 2  #: rounds of "the pilot drives new tracks, the expert la
 DEMO_DAGGER_EPISODES = 8  #: episodes per DAgger round
 DEMO_EPOCHS = 10
 DEMO_CNN_EPOCHS = 6  #: the CNN learns in fewer epochs, and each costs several of the MLP's
+
+
 DEMO_NOISE = 0.02  #: the expert's perturbation probability per frame while it records (DART)
 DEMO_ARCH = "mlp"  #: the demo's pilot: on the same recipe and seeds the CNN was no better, and not reproducible
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
+
+
+def default_epochs(arch: str) -> int:
+    """Passes over the data when none are asked for: the CNN learns in fewer, each costing more."""
+    return DEMO_CNN_EPOCHS if arch == "cnn" else DEMO_EPOCHS
 
 
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
@@ -169,7 +176,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     from .pilot import Pilot
     from .sim.runs import record_expert
 
-    epochs = epochs or (DEMO_CNN_EPOCHS if arch == "cnn" else DEMO_EPOCHS)
+    epochs = epochs or default_epochs(arch)
     first = DEMO_TRAIN_SEEDS_START
     t0 = time.perf_counter()
     session, recorded = record_expert(root, range(first, first + episodes), noise=noise, progress=progress,

@@ -118,9 +118,9 @@ def _pilot_inputs(model, spec: str):
         features = model_inputs(pilot, pilot.preprocess(frames.features), frames.groups)
     except PreprocessSpecError as exc:
         raise ModelReportError(f"{spec}: {exc}") from None
-    if model.n_inputs != int(np.prod(features.shape[1:])):
-        raise ModelReportError(f"the model takes {model.n_inputs} inputs, the preprocessing gives "
-                               f"{int(np.prod(features.shape[1:]))}")
+    given = int(np.prod(features.shape[1:]))
+    if model.n_inputs != given:
+        raise ModelReportError(f"the model takes {model.n_inputs} inputs, the preprocessing gives {given}")
     session_of = np.array([frames.group_keys[g][0] for g in frames.groups])
     position = np.zeros(len(frames.labels), np.int64)
     for name in np.unique(session_of):

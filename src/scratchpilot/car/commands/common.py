@@ -65,10 +65,11 @@ def open_link(serial: str | None, *, dry_run: bool = False):
 
 
 def open_window(title: str, wanted: bool = True):
-    from ..hardware.window import open_window as _open
+    """A :class:`~..hardware.window.CarWindow`, or a ``NoWindow`` when not ``wanted``."""
+    from ..hardware.window import CarWindow, NoWindow
 
     try:
-        return _open(title, wanted)
+        return CarWindow(title) if wanted else NoWindow()
     except RuntimeError as exc:
         raise CommandError(str(exc)) from None
 

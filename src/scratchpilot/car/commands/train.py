@@ -13,10 +13,10 @@ from ...util.files import write_json_result
 def run_train(args: argparse.Namespace) -> int:
     try:
         # preprocessing follows the frames: the simulator's crop for 96x96 frames, else block means
-        from ..training import DEMO_CNN_EPOCHS, DEMO_EPOCHS, train_pilot
+        from ..training import default_epochs, train_pilot
 
-        epochs = args.epochs or (DEMO_CNN_EPOCHS if args.arch == "cnn" else DEMO_EPOCHS)
-        model, report = train_pilot(args.sessions, hidden=args.hidden, epochs=epochs, arch=args.arch,
+        model, report = train_pilot(args.sessions, hidden=args.hidden, arch=args.arch,
+                                    epochs=args.epochs or default_epochs(args.arch),
                                     val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
                                     history_lag=args.history_lag)
     except (OSError, ValueError) as exc:

@@ -110,12 +110,7 @@ class NoWindow:
         """Nothing to close."""
 
 
-_GREEN, _RED, _WHITE, _YELLOW = (80, 230, 80), (255, 70, 70), (240, 240, 240), (255, 210, 60)
-
-
-def open_window(title: str, wanted: bool = True, width: int = 640):
-    """A :class:`CarWindow`, or :class:`NoWindow` when not ``wanted``; RuntimeError says why none opens."""
-    return CarWindow(title, width) if wanted else NoWindow()
+_GREEN, _RED, _WHITE = (80, 230, 80), (255, 70, 70), (240, 240, 240)
 
 
 class WindowControls:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..links import LABELS
+from ..links import check_label
 
 #: Label -> ``CarRacing-v3`` discrete action. The env's own order is 0 = do nothing, 1 = steer right,
 #: 2 = steer left, 3 = gas, 4 = brake (``CarRacing.step``: ``steer(-0.6 * (a == 1) + 0.6 * (a == 2))``,
@@ -44,10 +44,7 @@ INDICATOR_BAR_ROWS = 12
 
 def label_to_action(label: str) -> int:
     """Map a label from :data:`LABELS` to the env's discrete action; a clear ValueError otherwise."""
-    try:
-        return LABEL_TO_ACTION[label]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown driving label {label!r}; expected one of {', '.join(LABELS)}") from None
+    return LABEL_TO_ACTION[check_label(label)]
 
 
 @dataclass
