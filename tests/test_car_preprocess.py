@@ -112,7 +112,12 @@ def test_spec_survives_json_and_the_model_file(tmp_path, frames):
     ({"input_shape": [96, -96, 3]}, "'input_shape' must be"),
     ({"input_shape": [96, 96], "crop": {"bottom": 100}}, "does not fit a 96x96 frame"),
     ({"input_shape": [8, 8], "downsample": 9}, "leaves no pixels"),
-    ({"version": 2}, "version 2 is not supported"),
+    ({"version": 3}, "version 3 is not supported"),
+    ({"version": 1, "normalise": "zscore"}, "'normalise' need spec version 2"),
+    ({"colour": "hsv"}, "'colour' must be one of luma, principal"),
+    ({"colour": "principal", "grayscale": False}, "'principal' makes one grey channel"),
+    ({"normalise": "minmax"}, "'normalise' must be null, 'zscore' or 'stretch'"),
+    ({"edges": 1}, "'edges' must be true or false"),
 ])
 def test_bad_specs_are_refused_by_field(spec, message):
     with pytest.raises(PreprocessSpecError, match=message):

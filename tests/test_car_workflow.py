@@ -70,6 +70,31 @@ def test_car_cli_train_and_check(recorded, tmp_path, capsys):
     assert path.name in capsys.readouterr().out
 
 
+def test_car_cli_trains_for_other_looks_and_drives_each(recorded, tmp_path, capsys):
+    root, _, _ = recorded
+    model = tmp_path / "robust.npz"
+    assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--epochs", "1", "--colour",
+                 "principal", "--normalise", "zscore", "--augment", "1", "--json", str(tmp_path / "t.json")]) == 0
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert figures["augmented_copies"] == 1 and figures["validation_accuracy_augmented"] is not None
+    meta = load(model).metadata
+    assert meta["augmentation"]["copies"] == 1 and meta["preprocessing"]["colour"] == "principal"
+    assert "validation accuracy under augmentation" in capsys.readouterr().out
+    out = tmp_path / "d.json"
+    assert main(["car", "drive", "--model", str(model), "--sim", "--tracks", "1", "--appearance", "standard",
+                 "dusk", "noise", "--json", str(out)]) == 0
+    conditions = json.loads(out.read_text())["conditions"]
+    assert list(conditions) == ["standard", "dusk", "noise"]
+    assert conditions["dusk"]["appearance"]["brightness"] == 0.6
+    assert conditions["noise"]["appearance"]["noise"] == 12.0
+    text = capsys.readouterr().out
+    assert text.count("condition") == 1 and "\ndusk " in text
+    with pytest.raises(SystemExit):
+        main(["car", "drive", "--model", str(model), "--sim", "--appearance", "fog"])
+    assert "invalid choice: 'fog'" in capsys.readouterr().err
+    assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--augment", "-1"]) == 2
+
+
 @pytest.mark.parametrize(("arch", "epochs"), [("mlp", 25), ("cnn", 6)])
 def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path, arch, epochs):
     """A real car's frames: a held-out split (blocks of consecutive frames, never single frames)."""
@@ -176,6 +201,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert load(out / "pilot.npz").metadata["task"] == "pilot"
     text = capsys.readouterr().out
     assert "expert mean" in text and "round 1: trained" in text
+    # every look, side by side with the expert (whose score does not depend on the look)
+    assert list(results["conditions"]) == ["standard", "colours", "dusk", "noise"]
+    assert results["conditions"]["standard"]["mean_score"] == results["mean_score"]
+    for name in ("colours", "dusk", "noise"):
+        assert f"\n{name} " in text and results["conditions"][name]["tracks"][0]["steps"] == 120
+    assert "vs expert" in text
 
 
 def test_picked_frames_match_the_stacked_frames(recorded):

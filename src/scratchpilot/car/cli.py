@@ -13,6 +13,28 @@ def _add_json(p) -> None:
     p.add_argument("--json", metavar="PATH", help="write the measured figures as JSON")
 
 
+def _add_appearance(p, default) -> None:
+    from .sim.appearance import CONDITIONS
+
+    p.add_argument("--appearance", nargs="+", choices=list(CONDITIONS), default=default, metavar="LOOK",
+                   help=f"simulator: drive under each of these looks, {' | '.join(CONDITIONS)}: colours = road "
+                        "and grass in other colours (a draw no training uses), dusk = 60%% brightness, noise = "
+                        f"camera noise σ 12 (default {' '.join(default)})")
+
+
+def _add_robustness(p) -> None:
+    p.add_argument("--colour", choices=["luma", "principal"],
+                   help="how colour becomes grey: luma weights, or each frame's principal colour axis (keeps "
+                        "the road visible whatever its colours; default luma, the demo uses principal)")
+    p.add_argument("--normalise", choices=["none", "zscore", "stretch"],
+                   help="normalise each frame on its own (zscore: mean 0, sd 1; stretch: min 0, max 1), so "
+                        "dusk looks like noon (default none)")
+    p.add_argument("--edges", action="store_true", help="add a channel of gradient magnitudes")
+    p.add_argument("--augment", type=int, default=0, metavar="COPIES",
+                   help="train on this many extra copies of the frames under random light, contrast, colour "
+                        "shift, blur and camera noise (default 0; the settings go into the model file)")
+
+
 def add_parser(subparsers) -> None:
     car = subparsers.add_parser("car", help="the self-driving car: record, train, check, drive, stream")
     sub = car.add_subparsers(dest="car_command", metavar="SUBCOMMAND", required=True)
@@ -63,6 +85,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of sessions/episodes held out for validation (never single frames)")
     p.add_argument("--seed", type=int, default=0)
+    _add_robustness(p)
     _add_json(p)
     p.set_defaults(func=_dispatch("train"))
 
@@ -79,6 +102,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tracks", type=int, default=3, help="simulator: number of tracks (default 3)")
     p.add_argument("--seed", type=int, default=0, help="simulator: first track seed (default 0)")
     p.add_argument("--video", metavar="GIF", help="simulator: save what the car saw and did (GIF)")
+    _add_appearance(p, ["standard"])
     p.add_argument("--source", help="real car: tcp://PI:8000")
     p.add_argument("--serial", help="real car: the Arduino's serial port")
     p.add_argument("--min-confidence", type=float, default=0.0,
@@ -108,6 +132,7 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--arch", choices=["mlp", "cnn"],
                       help="the pilot's network (default mlp: the CNN measured no better)")
     demo.add_argument("--dagger-episodes", type=int, help="tracks per DAgger round (default 8)")
+    _add_appearance(demo, ["standard", "colours", "dusk", "noise"])
     demo.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)  # tests: cut every episode short
     demo.add_argument("--seed", type=int, default=0)
     _add_json(demo)

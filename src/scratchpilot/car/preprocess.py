@@ -8,9 +8,20 @@ Steps, in this order (all optional except the last):
 
 1. **crop** a region of interest (``"carracing"`` drops the simulator's indicator bar at the bottom);
 2. **downsample** by block means of ``(rows, cols)`` pixels (rows/cols that do not fill a block are dropped);
-3. **grayscale** with the ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B``;
+3. **grayscale** with the ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B`` or, with
+   ``"colour": "principal"``, along each frame's own *principal colour axis* (below);
 4. **scale** to ``[0, 1]`` (divide by 255);
-5. flatten to one float32 row per frame.
+5. **normalise** each frame on its own: ``"zscore"`` (mean 0, standard deviation 1) or ``"stretch"``
+   (its darkest pixel 0, its brightest 1), so that dusk and a brighter floor look like noon;
+6. **edges**: append a channel of gradient magnitudes ``|∇I|`` (central differences), which marks the
+   road's borders whichever side is the lighter one;
+7. flatten to one float32 row per frame.
+
+The principal colour axis: a frame is mostly road and grass, so the direction in RGB along which its
+pixels vary most is the road-to-grass colour difference, whatever the two colours are. Projecting each
+pixel onto that axis keeps the contrast where the fixed luma weights can lose it (a red floor and green
+tape of equal brightness). An axis has no sign: it is chosen so that the minority of the pixels, the road,
+lies on the dark side (the projection's skewness is made ≤ 0), the way the standard track looks.
 
 Steps 2 to 4 are linear, so they are fused: the block sums are taken first (on the smallest possible
 array) and one set of per-channel weights applies the block mean, the luma and the scaling at once.
@@ -18,13 +29,16 @@ NumPy only; a 96x96 frame takes tens of microseconds.
 
 Spec fields (see :func:`from_spec`)::
 
-    {"version": 1,
+    {"version": 2,
      "input_shape": [96, 96, 3],          # optional; checked against every frame when given
      "crop": "carracing" | {"top": 0, "bottom": 84, "left": 0, "right": 96} | null,
      "downsample": 2 | [2, 2],            # block size in pixels (1 = none)
      "size": [42, 48],                    # alternative to "downsample": the target rows, cols
      "grayscale": true,
-     "scale": true}
+     "colour": "luma" | "principal",      # how colour becomes grey (version 2; version 1 means luma)
+     "scale": true,
+     "normalise": null | "zscore" | "stretch",
+     "edges": false}
 """
 
 from __future__ import annotations
@@ -37,7 +51,14 @@ import numpy as np
 
 from .sim.env import FRAME_SHAPE, INDICATOR_BAR_ROWS
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+#: versions this build reads: version 1 specs (before colour, normalise and edges) mean luma, none, none
+READABLE_VERSIONS = (1, 2)
+COLOUR_MODES = ("luma", "principal")
+NORMALISE_MODES = (None, "zscore", "stretch")
+#: a frame's spread is never taken below this (in [0, 1] units): an evenly coloured frame is not blown up
+#: into noise
+MIN_SPREAD = 4.0 / 255.0
 METADATA_KEY = "preprocessing"  #: where the spec lives in ``model.metadata``
 
 #: named crop boxes; ``carracing`` keeps everything above the 12-row indicator bar of a 96x96 frame
@@ -48,7 +69,8 @@ CROP_PRESETS: dict[str, dict[str, int]] = {
 #: ITU-R BT.601 luma weights for R, G, B
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-_FIELDS = ("version", "input_shape", "crop", "downsample", "size", "grayscale", "scale")
+_FIELDS = ("version", "input_shape", "crop", "downsample", "size", "grayscale", "colour", "scale", "normalise",
+           "edges")
 #: frames processed at a time in a batch: small enough that the temporaries stay in cache
 _BATCH = 32
 
@@ -108,7 +130,8 @@ class FramePreprocessor:
             raise PreprocessSpecError(
                 f"preprocessing leaves no pixels: the crop is {bottom - top}x{right - left} and the "
                 f"downsample block {block_rows}x{block_cols}")
-        return rows, cols, 1 if self._spec["grayscale"] else channels
+        channels = 1 if self._spec["grayscale"] else channels
+        return rows, cols, channels * 2 if self._spec["edges"] else channels
 
     def feature_count(self, frame_shape: Sequence[int] | None = None) -> int:
         """Number of features per frame, ``F`` (the network's input width)."""
@@ -180,7 +203,9 @@ class FramePreprocessor:
             factor = 1.0 / (self._block[0] * self._block[1])
             if self._spec["scale"]:
                 factor /= 255.0
-            if self._spec["grayscale"] and channels >= 3:
+            if self._principal(channels):
+                weights = np.ones(channels)  # per-channel block means: the axis is found per frame
+            elif self._spec["grayscale"] and channels >= 3:
                 # RGBA frames: the alpha channel gets weight 0
                 weights = np.zeros(channels, dtype=np.float64)
                 weights[:3] = LUMA_WEIGHTS
@@ -219,11 +244,66 @@ class FramePreprocessor:
             region = region[:, :, :, 0]
         values = region.astype(np.float32)
         weights = self._channel_weights(channels)
-        if self._spec["grayscale"] and channels > 1:
+        if self._principal(channels):
+            out = principal_grey(values.reshape(count, rows * cols, channels) * weights)
+        elif self._spec["grayscale"] and channels > 1:
             out = values.reshape(-1, channels) @ weights
         else:
             out = values * weights
+        out = out.reshape(count, rows * cols, -1)
+        if self._spec["normalise"] is not None:
+            out = normalise_frames(out, self._spec["normalise"])
+        if self._spec["edges"]:
+            out = append_edges(out, rows, cols)
         return out.reshape(count, -1)
+
+    def _principal(self, channels: int) -> bool:
+        return self._spec["colour"] == "principal" and channels >= 3
+
+
+def principal_grey(pixels: np.ndarray) -> np.ndarray:
+    """Project each frame's pixels onto its principal colour axis: (N, P, C) colours -> (N, P, 1).
+
+    For one frame with pixel colours c_p and mean colour c̄, the axis a is the top eigenvector of the
+    3x3 covariance (1/P) Σ_p (c_p − c̄)(c_p − c̄)ᵀ, signed so that the skewness of a·(c_p − c̄) is ≤ 0
+    (the minority, the road, is dark). The result is ḡ + a·(c_p − c̄), with ḡ the frame's mean luma, so
+    that a frame keeps its overall brightness and only the grey axis adapts.
+    """
+    colours = pixels[..., :3].astype(np.float64)
+    mean = colours.mean(axis=1, keepdims=True)
+    centred = colours - mean
+    covariance = np.einsum("npi,npj->nij", centred, centred) / colours.shape[1]
+    _, vectors = np.linalg.eigh(covariance)
+    axis = vectors[:, :, -1]  # (N, 3), the largest eigenvalue's vector
+    projected = np.einsum("npi,ni->np", centred, axis)
+    skew = np.einsum("np,np,np->n", projected, projected, projected)
+    projected *= np.where(skew > 0, -1.0, 1.0)[:, None]
+    grey = mean[:, 0] @ np.asarray(LUMA_WEIGHTS)
+    return (projected + grey[:, None]).astype(np.float32)[..., None]
+
+
+def normalise_frames(values: np.ndarray, mode: str) -> np.ndarray:
+    """Normalise each frame (axis 0) over its pixels and channels: ``"zscore"`` gives (x − μ) / max(σ, s₀),
+    ``"stretch"`` gives (x − min) / max(max − min, s₀), with the floor s₀ = :data:`MIN_SPREAD` so that a flat
+    frame stays flat."""
+    flat = values.reshape(values.shape[0], -1)
+    if mode == "zscore":
+        low = flat.mean(axis=1, keepdims=True)
+        spread = flat.std(axis=1, keepdims=True)
+    else:
+        low = flat.min(axis=1, keepdims=True)
+        spread = flat.max(axis=1, keepdims=True) - low
+    return ((flat - low) / np.maximum(spread, MIN_SPREAD)).astype(np.float32).reshape(values.shape)
+
+
+def append_edges(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Append the gradient magnitude of each channel, √((∂I/∂x)² + (∂I/∂y)²) by central differences
+    (one-sided at the border): (N, P, C) -> (N, P, 2C)."""
+    image = values.reshape(values.shape[0], rows, cols, -1)
+    dy = np.gradient(image, axis=1) if rows > 1 else np.zeros_like(image)
+    dx = np.gradient(image, axis=2) if cols > 1 else np.zeros_like(image)
+    edges = np.sqrt(dx * dx + dy * dy).reshape(values.shape)
+    return np.concatenate([values, edges.astype(np.float32)], axis=2)
 
 
 def from_spec(spec: Mapping[str, Any]) -> FramePreprocessor:
@@ -273,9 +353,13 @@ def _normalise(spec: dict[str, Any]) -> dict[str, Any]:
         raise PreprocessSpecError(f"unknown preprocessing field(s) {', '.join(map(repr, unknown))}; "
                                   f"known: {', '.join(_FIELDS)}")
     version = spec.get("version", SPEC_VERSION)
-    if version != SPEC_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise PreprocessSpecError(f"preprocessing spec version {version!r} is not supported (this build reads "
-                                  f"version {SPEC_VERSION})")
+                                  f"versions {', '.join(map(str, READABLE_VERSIONS))})")
+    if version == 1:
+        newer = sorted({"colour", "normalise", "edges"} & set(spec))
+        if newer:
+            raise PreprocessSpecError(f"preprocessing field(s) {', '.join(map(repr, newer))} need spec version 2")
     input_shape = spec.get("input_shape")
     if input_shape is not None:
         if (not isinstance(input_shape, (list, tuple)) or len(input_shape) not in (2, 3)
@@ -293,8 +377,22 @@ def _normalise(spec: dict[str, Any]) -> dict[str, Any]:
         downsample = _block_for_size(spec["size"], crop, input_shape)
     else:
         downsample = _normalise_pair(spec.get("downsample", 1), "downsample")
+    colour = spec.get("colour", "luma")
+    if colour not in COLOUR_MODES:
+        raise PreprocessSpecError(f"preprocessing field 'colour' must be one of {', '.join(COLOUR_MODES)}, "
+                                  f"got {colour!r}")
+    if colour == "principal" and not spec.get("grayscale", True):
+        raise PreprocessSpecError("preprocessing field 'colour': 'principal' makes one grey channel, so it "
+                                  "needs 'grayscale': true")
+    normalise = spec.get("normalise")
+    if normalise not in NORMALISE_MODES:
+        raise PreprocessSpecError(f"preprocessing field 'normalise' must be null, 'zscore' or 'stretch', "
+                                  f"got {normalise!r}")
+    if not isinstance(spec.get("edges", False), bool):
+        raise PreprocessSpecError(f"preprocessing field 'edges' must be true or false, got {spec['edges']!r}")
     return {"version": SPEC_VERSION, "input_shape": input_shape, "crop": crop, "downsample": downsample,
-            "grayscale": spec.get("grayscale", True), "scale": spec.get("scale", True)}
+            "grayscale": spec.get("grayscale", True), "colour": colour, "scale": spec.get("scale", True),
+            "normalise": normalise, "edges": spec.get("edges", False)}
 
 
 def _normalise_crop(crop: Any) -> dict[str, int | None] | None:

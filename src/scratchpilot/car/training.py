@@ -78,16 +78,21 @@ def pilot_layers(arch: str, input_shape, n_labels: int, hidden: int = 128) -> li
 
 def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
                 history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5,
-                arch: str = "mlp"):
+                arch: str = "mlp", augmentation: dict | None = None, preprocess_options: dict | None = None):
     """Train a pilot on recorded sessions: ``arch`` "mlp" (the blog's 3 layers) or "cnn" (see
     :func:`pilot_layers`), one output per label.
 
     ``balance``: rare labels are oversampled so each is drawn in proportion to count**balance (1 = as
-    recorded, 0.5 = square root, 0 = all labels equally often).
+    recorded, 0.5 = square root, 0 = all labels equally often). ``augmentation`` (a spec of
+    :mod:`.augment`) adds that many copies of the training frames under random looks; validation stays
+    on the frames as recorded, and the report adds the accuracy on an augmented copy of them.
+    ``preprocess_options`` (``colour``, ``normalise``, ``edges``) go on top of ``spec`` or of the default
+    spec for the sessions' frames.
     Returns ``(model, report)``: the model carries its labels, preprocessing spec, history lag and input
     layout in its metadata; the report has the split, class counts and train/validation accuracy.
     """
     from .. import nn
+    from .augment import Augmenter
     from .pilot import with_history
     from .preprocess import default_spec, from_spec
     from .sessions.reader import load_frames
@@ -96,18 +101,34 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     opened = open_sessions(sessions)
     frame_shape = opened[0].frame_shape
-    preprocess = from_spec(spec or default_spec(frame_shape))
+    preprocess = from_spec({**(spec or default_spec(frame_shape)), **(preprocess_options or {})})
     image_shape = preprocess.output_shape(frame_shape) if arch == "cnn" else None
     # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
     # blocks of consecutive frames, and hold out whole blocks.
     episodes = sum(len(np.unique(s.episodes)) for s in opened)
-    frames = load_frames(opened, preprocess, block_frames=100 if episodes < 5 else None)
+    block_frames = 100 if episodes < 5 else None
+    frames = load_frames(opened, preprocess, block_frames=block_frames)
     X = with_history(frames.features, frames.groups, history_lag, image_shape)
     y = frames.labels
     rng = np.random.default_rng(seed)
     val = split_by_group(frames.groups, val_fraction, rng)
-    train_idx = balanced_indices(y[~val], rng, power=balance)
-    X_train, y_train = X[~val][train_idx], y[~val][train_idx]
+    augmenter = Augmenter(augmentation) if augmentation is not None else None
+    X_train, X_val_augmented = X[~val], None
+    if augmenter is not None:
+        copies = [X_train]
+        for k in range(augmenter.copies):
+            look_rng = np.random.default_rng([augmenter.spec["seed"], seed, k])
+            copy = load_frames(opened, lambda f, r=look_rng: preprocess(augmenter(f, r)), block_frames=block_frames)
+            X_copy = with_history(copy.features, copy.groups, history_lag, image_shape)
+            copies.append(X_copy[~val])
+            if k == 0 and val.any():
+                X_val_augmented = X_copy[val]
+            del copy, X_copy
+        X_train = np.concatenate(copies)
+        del copies
+    y_train = np.tile(y[~val], len(X_train) // max(1, int((~val).sum())))
+    train_idx = balanced_indices(y_train, rng, power=balance)
+    X_train, y_train = X_train[train_idx], y_train[train_idx]
     labels = list(frames.label_names)
     model = nn.Sequential(pilot_layers(arch, X.shape[1:], len(labels), hidden), input_shape=X.shape[1:],
                           loss=nn.SoftmaxCrossEntropy(),
@@ -128,11 +149,16 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     if validation:
         majority = np.bincount(y[val], minlength=len(labels)).max() / val.sum()
         report["validation_majority_baseline"] = float(majority)
+    if X_val_augmented is not None:
+        report["validation_accuracy_augmented"] = float(model.evaluate(X_val_augmented, y[val])["accuracy"])
+    if augmenter is not None:
+        report["augmented_copies"] = augmenter.copies
     model.metadata = {"task": "pilot", "labels": labels, "preprocessing": preprocess.spec,
                       "history_lag": history_lag, "arch": arch,
                       "input_layout": "image" if image_shape is not None else "flat",
                       "sessions": [s.name for s in opened],
                       "frame_shape": list(frame_shape), "train_report": report,
+                      "augmentation": augmenter.spec if augmenter is not None else None,
                       "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if image_shape is not None:
         model.metadata["image_shape"] = list(image_shape)
@@ -151,6 +177,21 @@ DEMO_ARCH = "mlp"  #: the demo's pilot: on the same recipe and seeds the CNN was
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
 
 
+def training_looks(colour_fraction: float):
+    """Track seed -> its look for a training recording: randomised colours (a training draw, never the
+    test draw) on about ``colour_fraction`` of the tracks, chosen by the seed so that a rerun repeats."""
+    from .sim.appearance import STANDARD, training_colours
+
+    colours = training_colours(0)
+
+    def look(seed: int):
+        if colour_fraction <= 0.0:
+            return STANDARD
+        return colours if np.random.default_rng([int(seed), 11]).random() < colour_fraction else STANDARD
+
+    return look
+
+
 def default_epochs(arch: str) -> int:
     """Passes over the data when none are asked for: the CNN learns in fewer, each costing more."""
     return DEMO_CNN_EPOCHS if arch == "cnn" else DEMO_EPOCHS
@@ -159,7 +200,8 @@ def default_epochs(arch: str) -> int:
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
                    dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
                    max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
-                   noise: float = DEMO_NOISE):
+                   noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = None,
+                   colour_fraction: float = 0.0, preprocess_options: dict | None = None):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
@@ -171,16 +213,23 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     the one before it, so picking beats taking the last.
     ``arch`` is the pilot's network (:func:`pilot_layers`); ``epochs`` defaults to the arch's own;
     ``noise`` is the expert's perturbation rate while it records (:func:`~.sim.runs.record_expert`).
+    ``spec`` is the preprocessing (default :func:`~.preprocess.default_spec`, with ``preprocess_options``
+    on top), ``augmentation`` the
+    photometric augmentation of :func:`train_pilot`, and ``colour_fraction`` the share of recorded tracks
+    (expert and DAgger alike) whose road and grass get randomised colours (:mod:`.sim.appearance`).
     Returns ``(model, report, log of rounds)``.
     """
     from .pilot import Pilot
     from .sim.runs import record_expert
 
+    if not 0.0 <= colour_fraction <= 1.0:
+        raise ValueError(f"colour_fraction must be between 0 and 1, got {colour_fraction}")
     epochs = epochs or default_epochs(arch)
     first = DEMO_TRAIN_SEEDS_START
+    look = training_looks(colour_fraction)
     t0 = time.perf_counter()
     session, recorded = record_expert(root, range(first, first + episodes), noise=noise, progress=progress,
-                                      max_steps=max_steps)
+                                      max_steps=max_steps, appearance=look)
     history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
                 "scores": [e["score"] for e in recorded]}]
     log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "
@@ -188,13 +237,15 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     sessions, next_seed, candidates = [session], first + episodes, []
     for r in range(rounds + 1):
         t1 = time.perf_counter()
-        model, report = train_pilot(sessions, seed=seed, epochs=epochs, progress=progress, arch=arch)
+        model, report = train_pilot(sessions, seed=seed, epochs=epochs, progress=progress, arch=arch, spec=spec,
+                                    augmentation=augmentation, preprocess_options=preprocess_options)
         log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
             f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
             f"{time.perf_counter() - t1:.0f} s")
         t2 = time.perf_counter()
         seeds = range(next_seed, next_seed + dagger_episodes)
-        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress, max_steps=max_steps)
+        session, driven = record_expert(root, seeds, pilot=Pilot(model), progress=progress, max_steps=max_steps,
+                                        appearance=look)
         next_seed += dagger_episodes
         sessions.append(session)  # the last round's frames are recorded but not trained on
         scores = [e["score"] for e in driven]

@@ -12,9 +12,9 @@ from ...util.files import write_json, write_json_result
 
 def run(args: argparse.Namespace) -> int:
     from ..pilot import Pilot
-    from ..sim.runs import drive_sim, expert_scores
+    from ..sim.runs import drive_conditions, expert_scores
     from ..training import DEMO_ARCH, DEMO_DAGGER_EPISODES, DEMO_DAGGER_ROUNDS, DEMO_EPISODES, learn_to_drive
-    from .drive import format_drive_table
+    from .drive import format_conditions_table, format_drive_table
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,21 +33,29 @@ def run(args: argparse.Namespace) -> int:
     learn_s = time.perf_counter() - t0
 
     seeds = list(range(args.seed, args.seed + args.tracks))
-    print(f"2/3 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]})", flush=True)
+    names = list(dict.fromkeys(getattr(args, "appearance", None) or ["standard"]))
+    print(f"2/3 the pilot drives {len(seeds)} unseen tracks (seeds {seeds[0]}..{seeds[-1]}) under each look: "
+          f"{', '.join(names)}", flush=True)
     t1 = time.perf_counter()
-    result = drive_sim(Pilot(model), seeds, video=out / "drive.gif", max_steps=args.max_steps)
+    conditions = drive_conditions(Pilot(model), seeds, names, video=out / "drive.gif", max_steps=args.max_steps)
+    result = conditions[names[0]]
     drive_s = time.perf_counter() - t1
     print("3/3 the expert on the same tracks, for comparison", flush=True)
     expert = expert_scores(seeds)
     total_s = time.perf_counter() - t0
-    print()
+    print(f"\n{names[0]}:")
     print(format_drive_table(result, expert))
-    results = {"arch": arch, "mean_score": result["mean_score"], "min_score": result["min_score"],
+    print()
+    print(format_conditions_table(conditions, expert))
+    results = {"arch": arch, "appearance": names[0], "mean_score": result["mean_score"],
+               "min_score": result["min_score"],
                "expert_mean_score": expert["mean_score"],
                "score_vs_expert": result["mean_score"] / expert["mean_score"],
                "decide_ms_p99": result["decide_ms_p99"], "decide_ms_p50": result["decide_ms_p50"],
                "loop_hz": result["loop_hz"], "laps_completed": result["laps_completed"],
                "tracks": result["tracks"], "expert_tracks": expert["tracks"], "train_report": report,
+               "conditions": {name: {key: value for key, value in r.items() if key != "video"}
+                              for name, r in conditions.items()},
                "learning_rounds": learning, "timings": {"learn_s": learn_s, "drive_s": drive_s, "total_s": total_s},
                "model": str(model_path), "video": result.get("video")}
     write_json(out / "results.json", results)

@@ -13,13 +13,36 @@ def run(args) -> int:
         return drive_real_car(args)
     if not args.sim:
         raise CommandError("choose --sim (the simulator) or --source tcp://PI:8000 (the real car)")
-    from ..sim.runs import drive_sim
+    from ..sim.runs import drive_conditions
 
     pilot = load_pilot(args.model)
-    result = drive_sim(pilot, list(range(args.seed, args.seed + args.tracks)), video=args.video)
-    print(format_drive_table(result))
-    write_json_result(args.json, result)
+    names = list(dict.fromkeys(getattr(args, "appearance", None) or ["standard"]))
+    results = drive_conditions(pilot, list(range(args.seed, args.seed + args.tracks)), names, video=args.video)
+    for name, result in results.items():
+        if len(results) > 1:
+            print(f"\n{name}")
+        print(format_drive_table(result))
+    if len(results) > 1:
+        print("\n" + format_conditions_table(results))
+    # one condition: its result as before; several: one result per condition
+    write_json_result(args.json, results[names[0]] if len(results) == 1 else {"conditions": results})
     return 0
+
+
+def format_conditions_table(results: dict[str, dict], expert: dict | None = None) -> str:
+    """One line per appearance condition: mean and worst track, laps, decide p99 and loop rate, and the
+    expert's mean beside them (it reads the track's geometry, so it scores the same under every look)."""
+    head = f"{'condition':<10} {'mean':>7} {'worst':>7} {'laps':>6} {'p99 ms':>7} {'loop Hz':>8}"
+    if expert:
+        head += f" {'expert':>7} {'vs expert':>9}"
+    lines = [head]
+    for name, r in results.items():
+        line = (f"{name:<10} {r['mean_score']:>7.1f} {r['min_score']:>7.1f} "
+                f"{r['laps_completed']:>3d}/{len(r['tracks']):<2d} {r['decide_ms_p99']:>7.3f} {r['loop_hz']:>8.0f}")
+        if expert:
+            line += f" {expert['mean_score']:>7.1f} {r['mean_score'] / expert['mean_score']:>9.1%}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_drive_table(result: dict, expert: dict | None = None) -> str:

@@ -15,10 +15,12 @@ def run_train(args: argparse.Namespace) -> int:
         # preprocessing follows the frames: the simulator's crop for 96x96 frames, else block means
         from ..training import default_epochs, train_pilot
 
+        options, augmentation = robustness_options(args)
         model, report = train_pilot(args.sessions, hidden=args.hidden, arch=args.arch,
                                     epochs=args.epochs or default_epochs(args.arch),
                                     val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
-                                    history_lag=args.history_lag)
+                                    history_lag=args.history_lag, preprocess_options=options,
+                                    augmentation=augmentation)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     model.save(args.model)
@@ -30,9 +32,30 @@ def run_train(args: argparse.Namespace) -> int:
               f"{report['validation_majority_baseline']:.2%})")
     else:
         print()
+    if report.get("validation_accuracy_augmented") is not None:
+        print(f"validation accuracy under augmentation {report['validation_accuracy_augmented']:.2%} "
+              f"({report['augmented_copies']} augmented cop{'y' if report['augmented_copies'] == 1 else 'ies'})")
     print(f"saved {args.model}")
     write_json_result(args.json, {**report, "model": str(args.model)})
     return 0
+
+
+def robustness_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """The preprocessing options and the augmentation spec asked for by ``--colour``, ``--normalise``,
+    ``--edges`` and ``--augment COPIES`` (the default ranges of :mod:`..augment`)."""
+    from ..augment import DEFAULT_AUGMENTATION
+
+    options: dict = {}
+    if args.colour:
+        options["colour"] = args.colour
+    if args.normalise:
+        options["normalise"] = None if args.normalise == "none" else args.normalise
+    if args.edges:
+        options["edges"] = True
+    if args.augment < 0:
+        raise CommandError(f"--augment takes a number of copies >= 0, got {args.augment}")
+    augmentation = {**DEFAULT_AUGMENTATION, "copies": args.augment} if args.augment else None
+    return options, augmentation
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -204,6 +204,9 @@ class Simulator:
         False for state-only driving (the scripted expert): ``read()`` then raises.
     fast_render : bool
         See :func:`make_env`.
+    appearance : Appearance, optional
+        How the world and the camera look (:mod:`.appearance`): other colours, dusk, noise. The track
+        and the physics stay those of ``seed``.
 
     Examples
     --------
@@ -216,8 +219,11 @@ class Simulator:
             print(sim.metrics.to_dict())
     """
 
-    def __init__(self, seed: int, *, render_frames: bool = True, fast_render: bool = True):
+    def __init__(self, seed: int, *, render_frames: bool = True, fast_render: bool = True, appearance=None):
+        from .appearance import STANDARD
+
         self.render_frames = render_frames
+        self.appearance = appearance or STANDARD
         self._latched = False
         self.problem: str | None = None
         self.stats: dict[str, int] = {"commands": 0, "holds": 0}
@@ -260,6 +266,11 @@ class Simulator:
         if seed is not None:
             self.seed = int(seed)
         self._frame, _ = self.env.reset(seed=self.seed)
+        if self.appearance.paint(self.core, self.seed) and self.render_frames:
+            self._frame = self.core._render("state_pixels")  # the first frame, in the new colours
+        # camera noise: its own stream per track, so a run repeats exactly
+        self._camera_rng = np.random.default_rng([self.seed, 7])
+        self._camera_frame, self._camera_frame_step = None, -1
         self._stopped = False
         self.metrics = EpisodeMetrics(seed=self.seed, tiles_total=len(self.core.track))
         return self._frame
@@ -268,6 +279,11 @@ class Simulator:
         """Return the current observation ``(96, 96, 3)`` uint8 and the simulated time in seconds."""
         if not self.render_frames:
             raise RuntimeError("this Simulator was created with render_frames=False, so it has no frames")
+        if self.appearance.changes_camera:
+            if self._camera_frame_step != self.metrics.steps:  # one camera image per simulated frame
+                self._camera_frame = self.appearance.camera(self._frame, self._camera_rng)
+                self._camera_frame_step = self.metrics.steps
+            return self._camera_frame, self.time
         return self._frame, self.time
 
     def send(self, label: str) -> float:

@@ -13,6 +13,7 @@ from ...util.progress import progress as progress_bar
 from ..parts import PilotPart, Progress, RecorderPart, Tally, VideoPart
 from ..safety import Safety
 from ..vehicle import Vehicle, percentiles
+from .appearance import STANDARD
 from .parts import ExpertPart, Perturbation, SimFrames
 
 
@@ -36,7 +37,7 @@ def pilot_vehicle(sim, pilot, *, max_steps: int | None = None, extra=()) -> Vehi
 
 
 def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progress: bool = True,
-                  name: str | None = None, pilot=None, max_steps: int | None = None):
+                  name: str | None = None, pilot=None, max_steps: int | None = None, appearance=None):
     """Record every frame of each track in ``seeds`` with the scripted expert's label for it.
 
     Who actually drives:
@@ -47,7 +48,9 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
     - or a trained ``pilot`` (DAgger): the pilot drives and the expert only labels, so the data covers
       the situations the pilot gets itself into.
 
-    Labels are always the expert's choice; ``max_steps`` cuts episodes short (tests).
+    Labels are always the expert's choice; ``max_steps`` cuts episodes short (tests). ``appearance`` is
+    how the world looks (:mod:`.appearance`): one :class:`~.appearance.Appearance` for every track, or a
+    function of the track seed giving each track its own (None: the standard look).
     Returns ``(session path, list of per-episode metrics)``.
     """
     from ...nn import blas_threads
@@ -60,12 +63,14 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
     episodes = []
     seeds = list(seeds)
     driver = "expert" if pilot is None else "pilot+expert-labels"
+    look = appearance if callable(appearance) else (lambda seed: appearance)
     meta = {"seeds": seeds, "noise": noise, "rng_seed": rng_seed, "expert": expert.params.to_dict(),
-            "dagger": pilot is not None}
+            "dagger": pilot is not None,
+            "appearance": {str(seed): (look(seed) or STANDARD).to_dict() for seed in seeds}}
     bar = progress_bar(total=len(seeds) * MAX_EPISODE_STEPS, desc=f"recording ({driver})", unit="frame",
                        enabled=progress)
     with SessionWriter(root, source="sim", driver=driver, meta=meta, name=name) as writer, blas_threads(1), bar:
-        sim = Simulator(seeds[0])
+        sim = Simulator(seeds[0], appearance=look(seeds[0]))
         try:
             car = Vehicle()
             car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
@@ -81,6 +86,7 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
             car.add(Progress(bar))
             for episode, seed in enumerate(seeds):
                 if episode:
+                    sim.appearance = look(seed) or STANDARD
                     sim.reset(seed)
                 expert.reset(sim.track)
                 if pilot is not None:
@@ -96,19 +102,22 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
 
 
 def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool = True,
-              max_steps: int | None = None) -> dict:
+              max_steps: int | None = None, appearance=None) -> dict:
     """Let the pilot drive each track of ``seeds`` in the simulator; per-track and summary figures.
 
     The decide latency (preprocess + forward) is measured on every step; the loop rate counts the
-    simulator too. ``video`` saves the first track as a GIF of what the car saw and what it did.
+    simulator too. ``video`` saves the first track as a GIF of what the car saw and what it did;
+    ``appearance`` is how the world and the camera look (:mod:`.appearance`; default standard).
     """
     from ...nn import blas_threads
     from .env import MAX_EPISODE_STEPS, Simulator
 
     tracks, all_decide, steps_total, seconds_total = [], [], 0, 0.0
     recorder = VideoPart(every=video_every, enabled=bool(video))
-    bar = progress_bar(total=len(seeds) * MAX_EPISODE_STEPS, desc="driving", unit="frame", enabled=progress)
-    sim = Simulator(seeds[0])
+    appearance = appearance or STANDARD
+    desc = "driving" if appearance is STANDARD else f"driving ({appearance.name})"
+    bar = progress_bar(total=len(seeds) * MAX_EPISODE_STEPS, desc=desc, unit="frame", enabled=progress)
+    sim = Simulator(seeds[0], appearance=appearance)
     try:
         # one frame at a time: more BLAS threads only add latency to a product this small
         with blas_threads(1), bar:
@@ -132,7 +141,8 @@ def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool 
     finally:
         sim.close()
     decide = np.asarray(all_decide)
-    result = {"tracks": tracks, "mean_score": float(np.mean([t["score"] for t in tracks])),
+    result = {"appearance": appearance.to_dict(), "tracks": tracks,
+              "mean_score": float(np.mean([t["score"] for t in tracks])),
               "min_score": float(np.min([t["score"] for t in tracks])),
               "laps_completed": int(sum(t["lap_completed"] for t in tracks)),
               "decide_ms_p50": float(np.percentile(decide, 50)), "decide_ms_p99": float(np.percentile(decide, 99)),
@@ -169,3 +179,15 @@ def expert_scores(seeds, progress: bool = False) -> dict:
             tracks.append(drive_episode(sim, expert).to_dict())
     return {"tracks": tracks, "mean_score": float(np.mean([t["score"] for t in tracks])),
             "min_score": float(np.min([t["score"] for t in tracks]))}
+
+
+def drive_conditions(pilot, seeds, names, *, video=None, progress: bool = True,
+                     max_steps: int | None = None) -> dict[str, dict]:
+    """:func:`drive_sim` once per named appearance condition (:data:`~.appearance.CONDITIONS`), on the same
+    tracks; the video, if asked for, shows the first condition."""
+    from .appearance import condition
+
+    looks = [condition(name) for name in names]  # every name checked before the first drive
+    return {look.name: drive_sim(pilot, seeds, video=video if i == 0 else None, progress=progress,
+                                 max_steps=max_steps, appearance=look)
+            for i, look in enumerate(looks)}
