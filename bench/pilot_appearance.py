@@ -26,11 +26,9 @@ from _common import table, write_result  # noqa: E402
 
 def recipe_from(args) -> dict:
     from scratchpilot.car.augment import DEFAULT_AUGMENTATION
-    from scratchpilot.car.preprocess import default_spec
-    from scratchpilot.car.sim.env import FRAME_SHAPE
 
-    spec = {**default_spec(FRAME_SHAPE), "colour": args.colour,
-            "normalise": None if args.normalise == "none" else args.normalise, "edges": args.edges}
+    options = {"colour": args.colour, "normalise": None if args.normalise == "none" else args.normalise,
+               "edges": args.edges}
     augmentation = None
     if args.augment != "none":
         augmentation = {**DEFAULT_AUGMENTATION, "copies": args.copies}
@@ -38,8 +36,8 @@ def recipe_from(args) -> dict:
             value = getattr(args, f"aug_{field}")
             if value:
                 augmentation[field] = [float(v) for v in value.split(",")]
-    return {"arch": args.arch, "spec": spec, "augmentation": augmentation, "colour_fraction": args.colour_fraction,
-            "rounds": args.rounds, "dagger_episodes": args.dagger_episodes}
+    return {"arch": args.arch, "preprocess_options": options, "augmentation": augmentation,
+            "colour_fraction": args.colour_fraction, "rounds": args.rounds, "dagger_episodes": args.dagger_episodes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, ["condition", "mean", "vs expert", "worst", "per seed", "p99 ms", "Hz"]))
     print(f"expert mean {expert['mean_score']:.1f}; validation accuracy "
           + ", ".join(f"{r['validation_accuracy']:.1%}" for r in runs))
-    spec, aug = recipe["spec"], recipe["augmentation"]
+    spec, aug = recipe["preprocess_options"], recipe["augmentation"]
     name = args.name or (f"pilot_appearance_{args.arch}_{spec['colour']}_{spec['normalise'] or 'none'}"
                          f"{'_edges' if spec['edges'] else ''}_aug{aug['copies'] if aug else 0}"
                          f"_colours{args.colour_fraction:g}")

@@ -1,5 +1,6 @@
 """How long the pilot takes per frame: preprocessing alone, then preprocess + network (the decide step),
-for the MLP and the CNN pilot of the simulator's shapes, on one BLAS thread as the vehicle loop runs it.
+for the MLP and the CNN pilot of the simulator's shapes, on one BLAS thread as the vehicle loop runs it;
+each with the luma preprocessing and with the demo's colour-blind one (principal colour axis + z-score).
 
 The goal the car issue sets: decide p99 < 2 ms. Weights are untrained, which does not change the time.
 
@@ -21,14 +22,14 @@ from _common import table, write_result  # noqa: E402
 GOAL_P99_MS = 2.0
 
 
-def pilot(arch: str):
+def pilot(arch: str, options: dict | None = None):
     from scratchpilot import nn
     from scratchpilot.car.links import LABELS
     from scratchpilot.car.pilot import Pilot
     from scratchpilot.car.preprocess import FramePreprocessor, default_spec
     from scratchpilot.car.training import pilot_layers
 
-    preprocess = FramePreprocessor(default_spec((96, 96, 3)))
+    preprocess = FramePreprocessor({**default_spec((96, 96, 3)), **(options or {})})
     rows, cols, channels = preprocess.output_shape((96, 96, 3))
     shape = (rows, cols, 2 * channels) if arch == "cnn" else (2 * rows * cols * channels,)
     model = nn.Sequential(pilot_layers(arch, shape, len(LABELS)), input_shape=shape, seed=0)
@@ -60,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
     rows = []
+    from scratchpilot.car.training import DEMO_PREPROCESS
+
     with blas_threads(1):
-        mlp = pilot("mlp")
-        rows.append({"step": "preprocess one 96x96 frame", **timed(mlp.preprocess, frames, args.frames)})
-        for arch in ("mlp", "cnn"):
-            chosen = pilot(arch)
-            rows.append({"step": f"decide, {arch} (preprocess + network)", **timed(chosen.decide, frames, args.frames)})
+        for look, options in (("luma", {}), ("colour-blind", DEMO_PREPROCESS)):
+            mlp = pilot("mlp", options)
+            rows.append({"step": f"preprocess one 96x96 frame, {look}",
+                         **timed(mlp.preprocess, frames, args.frames)})
+            for arch in ("mlp", "cnn"):
+                chosen = pilot(arch, options)
+                rows.append({"step": f"decide, {arch} (preprocess + network), {look}",
+                             **timed(chosen.decide, frames, args.frames)})
     print(table(rows, ["step", "p50_ms", "p99_ms", "max_ms", "n"]))
     met = all(r["p99_ms"] < GOAL_P99_MS for r in rows)
     print(f"goal decide p99 < {GOAL_P99_MS:g} ms: {'met' if met else 'missed'}")

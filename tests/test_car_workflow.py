@@ -95,14 +95,17 @@ def test_car_cli_trains_for_other_looks_and_drives_each(recorded, tmp_path, caps
     assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--augment", "-1"]) == 2
 
 
-@pytest.mark.parametrize(("arch", "epochs"), [("mlp", 25), ("cnn", 6)])
-def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path, arch, epochs):
-    """A real car's frames: a held-out split (blocks of consecutive frames, never single frames)."""
+@pytest.mark.parametrize(("arch", "epochs", "robust"), [("mlp", 25, False), ("cnn", 6, False), ("mlp", 25, True)])
+def test_tub_pilot_beats_the_majority_baseline(shared_data, tmp_path, arch, epochs, robust):
+    """A real car's frames: a held-out split (blocks of consecutive frames, never single frames); also
+    with the demo's colour-blind preprocessing and augmentation (bench/tub_robustness.py compares them)."""
     from scratchpilot.car.sessions.importers import import_tub
+    from scratchpilot.car.training import DEMO_AUGMENTATION, DEMO_PREPROCESS
 
     session = import_tub(shared_data / "donkeycar-tub" / "tub.tar.gz", tmp_path)
     model, report = train_pilot([session], epochs=epochs, history_lag=0, hidden=64, seed=0, progress=False,
-                                arch=arch)
+                                arch=arch, preprocess_options=DEMO_PREPROCESS if robust else None,
+                                augmentation=DEMO_AUGMENTATION if robust else None)
     assert report["frames"] == 1000 and report["validation_frames"] >= 100 and report["arch"] == arch
     assert report["validation_accuracy"] > report["validation_majority_baseline"] + 0.05, report
 

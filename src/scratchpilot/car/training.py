@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from .augment import DEFAULT_AUGMENTATION
+
 
 def split_by_group(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of validation rows: whole groups (episodes) are held out, never single frames —
@@ -175,6 +177,12 @@ DEMO_CNN_EPOCHS = 6  #: the CNN learns in fewer epochs, and each costs several o
 DEMO_NOISE = 0.02  #: the expert's perturbation probability per frame while it records (DART)
 DEMO_ARCH = "mlp"  #: the demo's pilot: on the same recipe and seeds the CNN was no better, and not reproducible
 DEMO_TRAIN_SEEDS_START = 1000  #: training tracks; the demo drives tracks seed..seed+N-1 (< 1000): unseen
+#: the demo's preprocessing on top of the default spec: each frame's principal colour axis, then a per-frame
+#: z-score, so other floor colours and other light look alike (bench/pilot_invariance.py)
+DEMO_PREPROCESS = {"colour": "principal", "normalise": "zscore"}
+#: the demo's photometric augmentation: one extra copy of the frames under random looks (:mod:`.augment`)
+DEMO_AUGMENTATION = {**DEFAULT_AUGMENTATION, "copies": 1}
+DEMO_COLOUR_FRACTION = 0.5  #: share of the recorded training tracks painted in randomised colours
 
 
 def training_looks(colour_fraction: float):
@@ -200,8 +208,8 @@ def default_epochs(arch: str) -> int:
 def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DAGGER_ROUNDS,
                    dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
                    max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
-                   noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = None,
-                   colour_fraction: float = 0.0, preprocess_options: dict | None = None):
+                   noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = DEMO_AUGMENTATION,
+                   colour_fraction: float = DEMO_COLOUR_FRACTION, preprocess_options: dict | None = DEMO_PREPROCESS):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
