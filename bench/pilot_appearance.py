@@ -29,6 +29,8 @@ def recipe_from(args) -> dict:
 
     options = {"colour": args.colour, "normalise": None if args.normalise == "none" else args.normalise,
                "edges": args.edges}
+    if args.gauges:
+        options["crop"] = None
     augmentation = None
     if args.augment != "none":
         augmentation = {**DEFAULT_AUGMENTATION, "copies": args.copies}
@@ -37,7 +39,8 @@ def recipe_from(args) -> dict:
             if value:
                 augmentation[field] = [float(v) for v in value.split(",")]
     return {"arch": args.arch, "preprocess_options": options, "augmentation": augmentation,
-            "colour_fraction": args.colour_fraction, "rounds": args.rounds, "dagger_episodes": args.dagger_episodes}
+            "colour_fraction": args.colour_fraction, "patience": args.patience, "combine": args.combine,
+            "rounds": args.rounds, "dagger_episodes": args.dagger_episodes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colour", choices=["luma", "principal"], default="luma")
     parser.add_argument("--normalise", choices=["none", "zscore", "stretch"], default="none")
     parser.add_argument("--edges", action="store_true")
+    parser.add_argument("--gauges", action="store_true",
+                        help="keep the simulator's indicator bar (speed, steering, gyro gauges) in the frame")
     parser.add_argument("--augment", choices=["none", "default"], default="none")
     parser.add_argument("--copies", type=int, default=1)
     for field in ("brightness", "contrast", "gamma", "noise"):
         parser.add_argument(f"--aug-{field}", metavar="LOW,HIGH", help=f"the augmentation's {field} range")
     parser.add_argument("--colour-fraction", type=float, default=0.0)
+    parser.add_argument("--patience", type=int, help="early stopping on the validation loss (best epoch kept)")
+    parser.add_argument("--combine", choices=["best", "ensemble"], default="best",
+                        help="the best round's model, or all rounds' models as one ensemble")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dagger-episodes", type=int, default=8)
     parser.add_argument("--seeds", default="0")
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{r['validation_accuracy']:.1%}" for r in runs))
     spec, aug = recipe["preprocess_options"], recipe["augmentation"]
     name = args.name or (f"pilot_appearance_{args.arch}_{spec['colour']}_{spec['normalise'] or 'none'}"
-                         f"{'_edges' if spec['edges'] else ''}_aug{aug['copies'] if aug else 0}"
+                         f"{'_edges' if spec['edges'] else ''}{'_gauges' if args.gauges else ''}"
+                         f"_aug{aug['copies'] if aug else 0}"
                          f"_colours{args.colour_fraction:g}")
     summary = {"recipe": recipe, "seeds": seeds, "tracks": tracks, "expert_mean": expert["mean_score"],
                "expert_scores": [t["score"] for t in expert["tracks"]], "table": rows, "runs": runs}

@@ -263,3 +263,28 @@ def test_training_stores_the_augmentation_and_reports_both_accuracies(tmp_path):
     assert loaded.metadata["preprocessing"]["colour"] == "principal"
     assert plain.metadata["augmentation"] is None
     assert Pilot(loaded).preprocess.spec["normalise"] == "zscore"  # driving rebuilds the same preprocessing
+    # early stopping keeps the epoch of the lowest validation loss, and reports that epoch
+    stopped, stopped_report = train_pilot([path], epochs=4, progress=False, patience=1)
+    history = stopped.history
+    best = int(np.argmin(history["val_loss"]))
+    assert stopped_report["best_epoch"] == best and stopped_report["epochs_run"] == len(history["loss"])
+    assert stopped_report["validation_accuracy"] == history["val_accuracy"][best]
+
+
+_spec_values = st.none() | st.booleans() | st.integers(-3, 100) | st.sampled_from(
+    ["luma", "principal", "zscore", "stretch", "carracing", "x"]) | st.lists(st.integers(-2, 100), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["version", "input_shape", "crop", "downsample", "grayscale", "colour",
+                                        "scale", "normalise", "edges", "size", "other"]), _spec_values, max_size=6))
+def test_any_preprocessing_spec_is_accepted_or_refused_clearly(spec):
+    from scratchpilot.car.preprocess import PreprocessSpecError
+
+    try:
+        pre = from_spec(spec)
+        out = pre(np.full((96, 96, 3), 128, np.uint8))
+    except PreprocessSpecError:
+        return
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert from_spec(json.loads(json.dumps(pre.spec))).spec == pre.spec  # the stored spec rebuilds itself

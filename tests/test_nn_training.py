@@ -155,6 +155,21 @@ def test_early_stopping_restores_best():
     assert model.evaluate(Xv, yv)["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-5)
 
 
+def test_early_stopping_can_restore_the_best_epoch_after_a_full_fit():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 64)
+    Xv, yv = rng.standard_normal((64, 3)).astype(np.float32), rng.integers(0, 2, 64)
+    model = Sequential([Dense(3, 64), ReLU(), Dense(64, 2)], optimizer=SGD(0.5, momentum=0.9), seed=0)
+    stopper = EarlyStopping(patience=50)  # never triggers in 12 epochs
+    history = model.fit(X, y, epochs=12, batch_size=8, validation_data=(Xv, yv), early_stopping=stopper,
+                        progress=False)
+    assert len(history["loss"]) == 12 and stopper.best_epoch < 11
+    assert model.evaluate(Xv, yv)["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-5)
+    stopper.restore(model)
+    assert model.evaluate(Xv, yv)["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-5)
+
+
 def test_callback_can_stop():
     X = np.zeros((10, 2), dtype=np.float32)
     y = np.zeros(10, dtype=int)

@@ -80,7 +80,8 @@ def pilot_layers(arch: str, input_shape, n_labels: int, hidden: int = 128) -> li
 
 def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: float = 0.2, seed: int = 0,
                 history_lag: int = 2, spec: dict | None = None, progress: bool = True, balance: float = 0.5,
-                arch: str = "mlp", augmentation: dict | None = None, preprocess_options: dict | None = None):
+                arch: str = "mlp", augmentation: dict | None = None, preprocess_options: dict | None = None,
+                patience: int | None = None):
     """Train a pilot on recorded sessions: ``arch`` "mlp" (the blog's 3 layers) or "cnn" (see
     :func:`pilot_layers`), one output per label.
 
@@ -89,7 +90,8 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     :mod:`.augment`) adds that many copies of the training frames under random looks; validation stays
     on the frames as recorded, and the report adds the accuracy on an augmented copy of them.
     ``preprocess_options`` (``colour``, ``normalise``, ``edges``) go on top of ``spec`` or of the default
-    spec for the sessions' frames.
+    spec for the sessions' frames. ``patience``: stop when the validation loss has not improved for that
+    many epochs, and keep the weights of its best epoch (None: train all ``epochs``).
     Returns ``(model, report)``: the model carries its labels, preprocessing spec, history lag and input
     layout in its metadata; the report has the split, class counts and train/validation accuracy.
     """
@@ -137,7 +139,11 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
                           optimizer=nn.Adam(lr=1e-3, weight_decay=1e-4, schedule=nn.CosineDecay(epochs, 0.05)),
                           seed=seed)
     validation = (X[val], y[val]) if val.any() else None
-    model.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_data=validation, progress=progress)
+    stopper = nn.EarlyStopping(patience=patience) if patience and validation else None
+    model.fit(X_train, y_train, epochs=epochs, batch_size=64, validation_data=validation, progress=progress,
+              early_stopping=stopper)
+    if stopper is not None:
+        stopper.restore(model)  # a fit that ran all its epochs ends on the last one, not the best
     counts = {labels[k]: int(n) for k, n in zip(*np.unique(y, return_counts=True), strict=True)}
     report = {
         "frames": int(len(y)), "features": int(np.prod(X.shape[1:])), "labels": labels, "label_counts": counts,
@@ -148,6 +154,12 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
         "train_accuracy": model.history["accuracy"][-1],
         "validation_accuracy": model.history["val_accuracy"][-1] if validation else None,
     }
+    if stopper is not None:
+        # the weights kept are the best epoch's: report that epoch's figures
+        best = stopper.best_epoch
+        report.update(best_epoch=best, epochs_run=len(model.history["loss"]),
+                      train_accuracy=model.history["accuracy"][best],
+                      validation_accuracy=model.history["val_accuracy"][best])
     if validation:
         majority = np.bincount(y[val], minlength=len(labels)).max() / val.sum()
         report["validation_majority_baseline"] = float(majority)
@@ -209,7 +221,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
                    dagger_episodes: int = DEMO_DAGGER_EPISODES, seed: int = 0, log=print, progress: bool = True,
                    max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
                    noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = DEMO_AUGMENTATION,
-                   colour_fraction: float = DEMO_COLOUR_FRACTION, preprocess_options: dict | None = DEMO_PREPROCESS):
+                   colour_fraction: float = DEMO_COLOUR_FRACTION, preprocess_options: dict | None = DEMO_PREPROCESS,
+                   patience: int | None = None, combine: str = "best"):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
@@ -220,6 +233,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     the model of the round with the best mean score is returned: a round's model can be much worse than
     the one before it, so picking beats taking the last.
     ``arch`` is the pilot's network (:func:`pilot_layers`); ``epochs`` defaults to the arch's own;
+    ``combine`` "ensemble" returns all the rounds' models as one :class:`~scratchpilot.nn.Ensemble` (their
+    probabilities averaged) instead of the best round's.
     ``noise`` is the expert's perturbation rate while it records (:func:`~.sim.runs.record_expert`).
     ``spec`` is the preprocessing (default :func:`~.preprocess.default_spec`, with ``preprocess_options``
     on top), ``augmentation`` the
@@ -230,6 +245,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     from .pilot import Pilot
     from .sim.runs import record_expert
 
+    if combine not in ("best", "ensemble"):
+        raise ValueError(f"combine must be 'best' or 'ensemble', got {combine!r}")
     if not 0.0 <= colour_fraction <= 1.0:
         raise ValueError(f"colour_fraction must be between 0 and 1, got {colour_fraction}")
     epochs = epochs or default_epochs(arch)
@@ -246,7 +263,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     for r in range(rounds + 1):
         t1 = time.perf_counter()
         model, report = train_pilot(sessions, seed=seed, epochs=epochs, progress=progress, arch=arch, spec=spec,
-                                    augmentation=augmentation, preprocess_options=preprocess_options)
+                                    augmentation=augmentation, preprocess_options=preprocess_options,
+                                    patience=patience)
         log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
             f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
             f"{time.perf_counter() - t1:.0f} s")
@@ -264,6 +282,14 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
             f"while the expert labelled, {time.perf_counter() - t2:.0f} s")
     best_score, best_round, model, report = max(candidates, key=lambda c: c[0])
     report = {**report, "chosen_round": best_round, "chosen_round_mean_score": best_score}
+    if combine == "ensemble":
+        from ..nn import Ensemble
+
+        last = candidates[-1][2]
+        model = Ensemble([c[2] for c in candidates])
+        model.metadata = dict(last.metadata)
+        report = {**candidates[-1][3], "chosen_round": "ensemble of all rounds", "chosen_round_mean_score": None}
+        log(f"    combined: the {len(candidates)} rounds' models as one ensemble")
     model.metadata["train_report"] = report
     log(f"    chosen: the round {best_round} pilot (mean score {best_score:.0f} on its training tracks)")
     return model, report, history

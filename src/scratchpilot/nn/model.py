@@ -60,11 +60,16 @@ class EarlyStopping:
                 self._best_params = [p.copy() for p, _, _ in model.parameter_pairs()]
             return False
         if epoch - self.best_epoch >= self.patience:
-            if self.restore_best and self._best_params is not None:
-                for (p, _, _), best in zip(model.parameter_pairs(), self._best_params, strict=True):
-                    p[...] = best
+            if self.restore_best:
+                self.restore(model)
             return True
         return False
+
+    def restore(self, model: Sequential) -> None:
+        """Put the best epoch's parameters back (also after a fit that ran all its epochs)."""
+        if self._best_params is not None:
+            for (p, _, _), best in zip(model.parameter_pairs(), self._best_params, strict=True):
+                p[...] = best
 
 
 class History(dict):
