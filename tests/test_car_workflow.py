@@ -11,7 +11,7 @@ from scratchpilot.car.checking import check_pilot, picked_frames
 from scratchpilot.car.pilot import Pilot, with_history
 from scratchpilot.car.sessions import Session
 from scratchpilot.car.sim.runs import drive_sim, record_expert
-from scratchpilot.car.training import train_pilot
+from scratchpilot.car.training import learn_to_drive, train_pilot
 from scratchpilot.cli import main
 from scratchpilot.nn import load
 
@@ -210,6 +210,21 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for name in ("colours", "dusk", "noise"):
         assert f"\n{name} " in text and results["conditions"][name]["tracks"][0]["steps"] == 120
     assert "vs expert" in text
+
+
+def test_learn_to_drive_can_return_every_round_as_one_ensemble(tmp_path):
+    from scratchpilot.nn import Ensemble
+
+    model, report, history = learn_to_drive(tmp_path, episodes=2, rounds=1, dagger_episodes=1, max_steps=60,
+                                            progress=False, log=lambda line: None, epochs=1, combine="ensemble")
+    assert isinstance(model, Ensemble) and len(model.members) == 2  # rounds 0 and 1
+    assert report["chosen_round"] == "ensemble of all rounds"
+    assert model.metadata["preprocessing"]["colour"] == "principal"  # the demo's recipe by default
+    model.save(tmp_path / "ensemble.npz")
+    pilot = Pilot.load(tmp_path / "ensemble.npz")
+    assert drive_sim(pilot, [3], max_steps=20, progress=False)["tracks"][0]["steps"] == 20
+    with pytest.raises(ValueError, match="combine must be 'best' or 'ensemble'"):
+        learn_to_drive(tmp_path, combine="vote")
 
 
 def test_picked_frames_match_the_stacked_frames(recorded):

@@ -195,6 +195,9 @@ DEMO_PREPROCESS = {"colour": "principal", "normalise": "zscore"}
 #: the demo's photometric augmentation: one extra copy of the frames under random looks (:mod:`.augment`)
 DEMO_AUGMENTATION = {**DEFAULT_AUGMENTATION, "copies": 1}
 DEMO_COLOUR_FRACTION = 0.5  #: share of the recorded training tracks painted in randomised colours
+#: early stopping: the colour-blind inputs let the MLP overfit within a few epochs (its validation loss
+#: rises after epoch 2-3), so each round keeps the epoch with the lowest validation loss
+DEMO_PATIENCE = 3
 
 
 def training_looks(colour_fraction: float):
@@ -222,7 +225,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
                    max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
                    noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = DEMO_AUGMENTATION,
                    colour_fraction: float = DEMO_COLOUR_FRACTION, preprocess_options: dict | None = DEMO_PREPROCESS,
-                   patience: int | None = None, combine: str = "best"):
+                   patience: int | None = DEMO_PATIENCE, combine: str = "best"):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
