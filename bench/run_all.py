@@ -1,7 +1,9 @@
 """``make bench``: run every benchmark in turn; each prints its table and writes bench/results/NAME.json.
 
-Two long ones run on their own: ``cnn_accuracy.py`` (the digits CNN, ~20 min a seed) and
-``pilot_recipe.py`` (the demo's recipe over three training seeds, ~15-20 min)."""
+The long ones run on their own: ``cnn_accuracy.py`` (the digits CNN, ~20 min a seed),
+``pilot_recipe.py`` (the demo's recipe over three training seeds, ~15-20 min), ``pilot_appearance.py``
+(one recipe under every look, ~7 min a seed) and ``pilot_invariance.py`` (preprocessing and augmentation
+choices on paired frames, ~8 min)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = [
     "train_speed", "cnn_speed", "conv_layout", "accuracy", "csv_parse", "serve_load", "expert_score", "stream_latency",
-    "report_speed", "pilot_latency",
+    "report_speed", "pilot_latency", "tub_robustness",
 ]
 
 
