@@ -130,7 +130,7 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
             del copy, X_copy
         X_train = np.concatenate(copies)
         del copies
-    y_train = np.tile(y[~val], len(X_train) // max(1, int((~val).sum())))
+    y_train = np.tile(y[~val], 1 + (augmenter.copies if augmenter is not None else 0))  # the frames, then copies
     train_idx = balanced_indices(y_train, rng, power=balance)
     X_train, y_train = X_train[train_idx], y_train[train_idx]
     labels = list(frames.label_names)
