@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
+
+#: ``scratchpilot`` in a child process, with Ctrl-C (SIGINT) raising KeyboardInterrupt as it does in a
+#: terminal: a test run started in the background inherits SIGINT ignored, and Python then never raises it
+SCRATCHPILOT_CLI = [sys.executable, "-c",
+                    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "from scratchpilot.cli import main; sys.exit(main())"]
 
 
 def wait_until(predicate, timeout_s: float = 3.0, interval_s: float = 0.005) -> bool:

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import pytest
 pytest.importorskip("serial", reason="pyserial is part of the car extra")
 
 from fake_arduino import FakeArduino  # noqa: E402
-from support import LoopbackServer, wait_until
+from support import SCRATCHPILOT_CLI, LoopbackServer, wait_until
 
 from scratchpilot import nn  # noqa: E402
 from scratchpilot.car.commands.common import parse_size, parse_source  # noqa: E402
@@ -568,7 +567,7 @@ def test_recording_without_a_car_and_a_bad_frame_is_skipped(tmp_path):
 
 def scratchpilot(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "scratchpilot", *args], env=env, text=True,
+    return subprocess.Popen([*SCRATCHPILOT_CLI, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 

@@ -6,12 +6,12 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+from support import SCRATCHPILOT_CLI
 
 #: a network small enough to train in seconds, good enough (~96 %) to check predictions for real
 SMALL_HIDDEN = (128,)
@@ -102,7 +102,7 @@ def draw_on_canvas(digit: np.ndarray, rng: np.random.Generator, canvas: int = 28
 
 
 #: the ``scratchpilot`` command, run by this interpreter
-SCRATCHPILOT = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())"]
+SCRATCHPILOT = SCRATCHPILOT_CLI
 
 
 def start_serving(*args, env=None, command=SCRATCHPILOT) -> tuple[subprocess.Popen, str]:
