@@ -74,9 +74,11 @@ def test_car_cli_trains_for_other_looks_and_drives_each(recorded, tmp_path, caps
     root, _, _ = recorded
     model = tmp_path / "robust.npz"
     assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--epochs", "1", "--colour",
-                 "principal", "--normalise", "zscore", "--augment", "1", "--json", str(tmp_path / "t.json")]) == 0
+                 "principal", "--normalise", "zscore", "--augment", "1", "--patience", "1",
+                 "--json", str(tmp_path / "t.json")]) == 0
     figures = json.loads((tmp_path / "t.json").read_text())
     assert figures["augmented_copies"] == 1 and figures["validation_accuracy_augmented"] is not None
+    assert figures["best_epoch"] == 0  # one epoch, kept
     meta = load(model).metadata
     assert meta["augmentation"]["copies"] == 1 and meta["preprocessing"]["colour"] == "principal"
     assert "validation accuracy under augmentation" in capsys.readouterr().out
@@ -93,6 +95,7 @@ def test_car_cli_trains_for_other_looks_and_drives_each(recorded, tmp_path, caps
         main(["car", "drive", "--model", str(model), "--sim", "--appearance", "fog"])
     assert "invalid choice: 'fog'" in capsys.readouterr().err
     assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--augment", "-1"]) == 2
+    assert main(["car", "train", "--sessions", str(root), "--model", str(model), "--patience", "0"]) == 2
 
 
 @pytest.mark.parametrize(("arch", "epochs", "robust"), [("mlp", 25, False), ("cnn", 6, False), ("mlp", 25, True)])

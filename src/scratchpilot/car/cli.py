@@ -85,6 +85,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of sessions/episodes held out for validation (never single frames)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="stop when the validation loss has not improved for this many epochs and keep the best "
+                        "epoch's weights (default: train every epoch; the demo uses 3)")
     _add_robustness(p)
     _add_json(p)
     p.set_defaults(func=_dispatch("train"))

@@ -20,7 +20,7 @@ def run_train(args: argparse.Namespace) -> int:
                                     epochs=args.epochs or default_epochs(args.arch),
                                     val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
                                     history_lag=args.history_lag, preprocess_options=options,
-                                    augmentation=augmentation)
+                                    augmentation=augmentation, patience=args.patience)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     model.save(args.model)
@@ -52,6 +52,8 @@ def robustness_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
         options["normalise"] = None if args.normalise == "none" else args.normalise
     if args.edges:
         options["edges"] = True
+    if args.patience is not None and args.patience < 1:
+        raise CommandError(f"--patience takes a number of epochs >= 1, got {args.patience}")
     if args.augment < 0:
         raise CommandError(f"--augment takes a number of copies >= 0, got {args.augment}")
     augmentation = {**DEFAULT_AUGMENTATION, "copies": args.augment} if args.augment else None
