@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from scratchpilot.car.pilot import Pilot, model_inputs
     from scratchpilot.car.sessions import load_frames
-    from scratchpilot.car.sim.appearance import CONDITIONS, training_colours
+    from scratchpilot.car.sim.appearance import CONDITIONS, TRAINING_COLOURS
     from scratchpilot.car.sim.runs import record_expert
     from scratchpilot.car.training import DEMO_TRAIN_SEEDS_START, train_pilot
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         standard, _ = record_expert(root / "train", train_tracks, progress=False)
         # the same tracks again in randomised colours (training draws): what "colours" recipes add
         coloured, _ = record_expert(root / "train-colours", train_tracks, progress=False, rng_seed=2,
-                                    appearance=training_colours(0))
+                                    appearance=TRAINING_COLOURS)
         evaluation = record_conditions(root / "eval", eval_tracks, names)
         print(f"recorded in {time.perf_counter() - started:.0f} s", flush=True)
         for recipe_name, recipe in chosen.items():

@@ -22,9 +22,9 @@ from scratchpilot.car.sim.appearance import (
     CONDITIONS,
     STANDARD,
     TEST_COLOUR_DRAW,
+    TRAINING_COLOURS,
     Appearance,
     condition,
-    training_colours,
 )
 from scratchpilot.car.sim.env import Simulator
 
@@ -51,14 +51,14 @@ def test_other_colours_keep_the_track_and_change_the_picture():
 
 def test_colour_draws_follow_carracing_and_never_repeat_the_test_draw():
     test = condition("colours")
-    assert test.colours == TEST_COLOUR_DRAW and training_colours(0).colours != TEST_COLOUR_DRAW
+    assert test.colours == TEST_COLOUR_DRAW and TRAINING_COLOURS.colours != TEST_COLOUR_DRAW
     draws = [test.colours_for(seed) for seed in range(50)]
     for colours in draws:
         assert np.all((colours["road"] >= 0) & (colours["road"] <= 210))
         difference = colours["grass"] - colours["background"]
         assert sorted(difference.tolist()) == pytest.approx([0.0, 0.0, 20.0])  # the grass: one channel 20 brighter
     assert test.colours_for(7)["road"].tolist() == condition("colours").colours_for(7)["road"].tolist()
-    assert not np.allclose(test.colours_for(7)["road"], training_colours(0).colours_for(7)["road"])
+    assert not np.allclose(test.colours_for(7)["road"], TRAINING_COLOURS.colours_for(7)["road"])
     assert STANDARD.colours_for(7) is None
 
 
@@ -246,9 +246,9 @@ def test_training_stores_the_augmentation_and_reports_both_accuracies(tmp_path):
     from scratchpilot.nn import load
 
     path, _ = record_expert(tmp_path, [1000, 1001, 1002, 1003, 1004, 1005], max_steps=60, progress=False,
-                            appearance=lambda seed: training_colours(0) if seed % 2 else STANDARD)
+                            appearance=lambda seed: TRAINING_COLOURS if seed % 2 else STANDARD)
     meta = json.loads((path / "manifest.json").read_text())["meta"]
-    assert meta["appearance"]["1001"]["colours"] == training_colours(0).colours
+    assert meta["appearance"]["1001"]["colours"] == TRAINING_COLOURS.colours
     assert meta["appearance"]["1000"]["colours"] is None
     augmentation = {**DEFAULT_AUGMENTATION, "copies": 2}
     plain, plain_report = train_pilot([path], epochs=1, progress=False)

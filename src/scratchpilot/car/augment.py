@@ -78,7 +78,12 @@ class Augmenter:
     @property
     def copies(self) -> int:
         """How many augmented copies of the recorded frames training adds."""
-        return int(self._spec["copies"])
+        return self._spec["copies"]
+
+    @property
+    def seed(self) -> int:
+        """The seed the training run's looks are drawn from."""
+        return self._spec["seed"]
 
     def draw_look(self, rng: np.random.Generator) -> dict[str, Any]:
         """One look: the gains, offsets, γ, contrast, brightness, blur and noise σ of a copy."""
@@ -90,12 +95,12 @@ class Augmenter:
                 "contrast": float(rng.uniform(*s["contrast"])), "brightness": float(rng.uniform(*s["brightness"])),
                 "blur": bool(rng.random() < s["blur"]), "noise": float(rng.uniform(*s["noise"]))}
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator, look: Mapping | None = None) -> np.ndarray:
-        """Frames (N, H, W[, C]) uint8 under one look (drawn from ``rng`` unless given)."""
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Frames (N, H, W[, C]) uint8 under one look drawn from ``rng``."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8:
             raise AugmentationError(f"frames must be uint8 camera pixels, got {frames.dtype}")
-        look = look or self.draw_look(rng)
+        look = self.draw_look(rng)
         v = frames.astype(np.float32) / 255.0
         if v.ndim == 4 and v.shape[-1] >= 3:
             v[..., :3] = v[..., :3] * look["gain"].astype(np.float32) + look["offset"].astype(np.float32)
@@ -118,12 +123,6 @@ def box_blur(images: np.ndarray) -> np.ndarray:
     padded = np.pad(images, [(0, 0), (1, 1), (1, 1)] + [(0, 0)] * (images.ndim - 3), mode="edge")
     rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
     return (rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]) / 9.0
-
-
-def from_metadata(metadata: Mapping[str, Any]) -> Augmenter | None:
-    """The augmenter a model was trained with, or None."""
-    spec = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
-    return None if spec is None else Augmenter(spec)
 
 
 def _normalise(spec: Any) -> dict[str, Any]:

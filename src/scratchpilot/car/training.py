@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .augment import DEFAULT_AUGMENTATION
+from .augment import METADATA_KEY as AUGMENTATION_KEY
 
 
 def split_by_group(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -110,27 +111,26 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     # Too few episodes to hold some out (one long real-car recording, a donkeycar tub): cut them into
     # blocks of consecutive frames, and hold out whole blocks.
     episodes = sum(len(np.unique(s.episodes)) for s in opened)
-    block_frames = 100 if episodes < 5 else None
-    frames = load_frames(opened, preprocess, block_frames=block_frames)
-    X = with_history(frames.features, frames.groups, history_lag, image_shape)
+    augmenter = Augmenter(augmentation) if augmentation is not None else None
+    copies = augmenter.copies if augmenter is not None else 0
+    # one pass over the sessions: each chunk is read once and preprocessed as recorded and under each look
+    frames = load_frames(opened, with_looks(preprocess, augmenter, seed), block_frames=100 if episodes < 5 else None)
+    views = np.split(frames.features, 1 + copies, axis=1)  # as recorded, then each augmented copy
+    X = with_history(views[0], frames.groups, history_lag, image_shape)
     y = frames.labels
     rng = np.random.default_rng(seed)
     val = split_by_group(frames.groups, val_fraction, rng)
-    augmenter = Augmenter(augmentation) if augmentation is not None else None
-    X_train, X_val_augmented = X[~val], None
-    if augmenter is not None:
-        copies = [X_train]
-        for k in range(augmenter.copies):
-            look_rng = np.random.default_rng([augmenter.spec["seed"], seed, k])
-            copy = load_frames(opened, lambda f, r=look_rng: preprocess(augmenter(f, r)), block_frames=block_frames)
-            X_copy = with_history(copy.features, copy.groups, history_lag, image_shape)
-            copies.append(X_copy[~val])
-            if k == 0 and val.any():
-                X_val_augmented = X_copy[val]
-            del copy, X_copy
-        X_train = np.concatenate(copies)
-        del copies
-    y_train = np.tile(y[~val], 1 + (augmenter.copies if augmenter is not None else 0))  # the frames, then copies
+    train_parts, X_val_augmented = [X[~val]], None
+    for k, view in enumerate(views[1:]):
+        X_copy = with_history(view, frames.groups, history_lag, image_shape)
+        train_parts.append(X_copy[~val])
+        if k == 0 and val.any():
+            X_val_augmented = X_copy[val]
+        del X_copy
+    del views
+    X_train = train_parts[0] if len(train_parts) == 1 else np.concatenate(train_parts)
+    del train_parts
+    y_train = np.tile(y[~val], 1 + copies)  # the frames, then each copy of them
     train_idx = balanced_indices(y_train, rng, power=balance)
     X_train, y_train = X_train[train_idx], y_train[train_idx]
     labels = list(frames.label_names)
@@ -166,17 +166,31 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     if X_val_augmented is not None:
         report["validation_accuracy_augmented"] = float(model.evaluate(X_val_augmented, y[val])["accuracy"])
     if augmenter is not None:
-        report["augmented_copies"] = augmenter.copies
+        report["augmented_copies"] = copies
     model.metadata = {"task": "pilot", "labels": labels, "preprocessing": preprocess.spec,
                       "history_lag": history_lag, "arch": arch,
                       "input_layout": "image" if image_shape is not None else "flat",
                       "sessions": [s.name for s in opened],
                       "frame_shape": list(frame_shape), "train_report": report,
-                      "augmentation": augmenter.spec if augmenter is not None else None,
+                      AUGMENTATION_KEY: augmenter.spec if augmenter is not None else None,
                       "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if image_shape is not None:
         model.metadata["image_shape"] = list(image_shape)
     return model, report
+
+
+def with_looks(preprocess, augmenter, seed: int):
+    """The chunk preprocessing of :func:`train_pilot`: frames -> features as recorded, then one block of
+    features per augmented copy, side by side (N, (1 + copies) F). Copy k draws its looks from its own
+    generator, seeded by (augmentation seed, training seed, k), so a rerun repeats them."""
+    if augmenter is None:
+        return preprocess
+    look_rngs = [np.random.default_rng([augmenter.seed, seed, k]) for k in range(augmenter.copies)]
+
+    def every_look(frames: np.ndarray) -> np.ndarray:
+        return np.concatenate([preprocess(frames)] + [preprocess(augmenter(frames, r)) for r in look_rngs], axis=1)
+
+    return every_look
 
 
 DEMO_EPISODES = 10  #: expert episodes recorded first
@@ -203,14 +217,11 @@ DEMO_PATIENCE = 3
 def training_looks(colour_fraction: float):
     """Track seed -> its look for a training recording: randomised colours (a training draw, never the
     test draw) on about ``colour_fraction`` of the tracks, chosen by the seed so that a rerun repeats."""
-    from .sim.appearance import STANDARD, training_colours
-
-    colours = training_colours(0)
+    from .sim.appearance import STANDARD, TRAINING_COLOURS
 
     def look(seed: int):
-        if colour_fraction <= 0.0:
-            return STANDARD
-        return colours if np.random.default_rng([int(seed), 11]).random() < colour_fraction else STANDARD
+        coloured = colour_fraction > 0.0 and np.random.default_rng([int(seed), 11]).random() < colour_fraction
+        return TRAINING_COLOURS if coloured else STANDARD
 
     return look
 

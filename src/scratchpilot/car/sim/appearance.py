@@ -23,7 +23,7 @@ import numpy as np
 
 #: the colour draw a pilot is tested on (``--appearance colours``); training recordings use others
 TEST_COLOUR_DRAW = 1
-#: the first colour draw used for training recordings (draw ``TRAIN_COLOUR_DRAW + round``)
+#: the colour draw of training recordings (each track still gets its own colours from it)
 TRAIN_COLOUR_DRAW = 100
 
 
@@ -102,14 +102,13 @@ CONDITIONS: dict[str, Appearance] = {
 }
 
 
+#: randomised colours for training recordings (never the test draw)
+TRAINING_COLOURS = Appearance("train-colours", colours=TRAIN_COLOUR_DRAW)
+
+
 def condition(name: str) -> Appearance:
     """The named condition; a ValueError listing the known names otherwise."""
     try:
         return CONDITIONS[name]
     except KeyError:
         raise ValueError(f"unknown appearance {name!r}; known: {', '.join(CONDITIONS)}") from None
-
-
-def training_colours(draw_offset: int) -> Appearance:
-    """Randomised colours for a training recording (never the test draw)."""
-    return Appearance(f"train-colours-{draw_offset}", colours=TRAIN_COLOUR_DRAW + int(draw_offset))

@@ -63,14 +63,13 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
     episodes = []
     seeds = list(seeds)
     driver = "expert" if pilot is None else "pilot+expert-labels"
-    look = appearance if callable(appearance) else (lambda seed: appearance)
+    looks = {seed: (appearance(seed) if callable(appearance) else appearance) or STANDARD for seed in seeds}
     meta = {"seeds": seeds, "noise": noise, "rng_seed": rng_seed, "expert": expert.params.to_dict(),
-            "dagger": pilot is not None,
-            "appearance": {str(seed): (look(seed) or STANDARD).to_dict() for seed in seeds}}
+            "dagger": pilot is not None, "appearance": {str(seed): look.to_dict() for seed, look in looks.items()}}
     bar = progress_bar(total=len(seeds) * MAX_EPISODE_STEPS, desc=f"recording ({driver})", unit="frame",
                        enabled=progress)
     with SessionWriter(root, source="sim", driver=driver, meta=meta, name=name) as writer, blas_threads(1), bar:
-        sim = Simulator(seeds[0], appearance=look(seeds[0]))
+        sim = Simulator(seeds[0], appearance=looks[seeds[0]])
         try:
             car = Vehicle()
             car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
@@ -86,7 +85,7 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
             car.add(Progress(bar))
             for episode, seed in enumerate(seeds):
                 if episode:
-                    sim.appearance = look(seed) or STANDARD
+                    sim.appearance = looks[seed]
                     sim.reset(seed)
                 expert.reset(sim.track)
                 if pilot is not None:
