@@ -282,6 +282,19 @@ def test_recorder_part_skips_frames_taken_while_stopped():
     assert part.stats == {"recorded": 1, "skipped_stale_frame": 1, "skipped_shape": 1}
 
 
+def test_recorder_part_stops_when_the_session_cannot_be_written(tmp_path):
+    """A chunk that cannot be written is not a skipped frame: every later frame would be lost too."""
+    from scratchpilot.car.sessions import SessionError, SessionWriter
+
+    writer = SessionWriter(tmp_path, source="test")
+    part = RecorderPart(writer)
+    assert part.run(np.zeros((2, 2), np.uint8), "left", 1.0, 0, None)
+    writer.close()
+    with pytest.raises(SessionError, match="the session is closed"):
+        part.run(np.zeros((2, 2), np.uint8), "left", 1.1, 0, None)
+    assert part.stats == {"recorded": 1}
+
+
 @pytest.mark.parametrize(("held", "label"), [
     (set(), "none"), ({"up"}, "forward"), ({"left"}, "left"), ({"up", "right"}, "right"),
     ({"left", "right"}, "none"), ({"up", "left", "right"}, "forward"), ({"down", "left"}, "brake"),

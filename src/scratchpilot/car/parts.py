@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 
 import numpy as np
 
+from .sessions.format import SessionError
 from .vehicle import END
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class RecorderPart:
             return self._skip(stop.reason.name.lower())
         try:
             self.writer.add(image, label, frame_time, episode=episode or 0)
+        except SessionError:  # a chunk could not be written: recording on would lose every later frame
+            raise
         except ValueError as exc:  # the camera changed size mid-session
             if not self._warned_shape:
                 log.error("record: %s; such frames are skipped", exc)

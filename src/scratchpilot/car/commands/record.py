@@ -9,6 +9,15 @@ from .common import open_link, open_window, release, setup_logging, stream_clien
 
 
 def run(args) -> int:
+    from ..sessions.format import SessionError
+
+    try:
+        return _record(args)
+    except SessionError as exc:  # a chunk that cannot be written ends the recording, with what it kept
+        raise CommandError(f"recording stopped: {exc} (the chunks written before it are kept)") from None
+
+
+def _record(args) -> int:
     if getattr(args, "source", None):
         return record_real_car(args)
     if args.driver == "keyboard":
