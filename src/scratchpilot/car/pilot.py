@@ -19,7 +19,7 @@ class Pilot:
         With ``metadata["labels"]`` (class index → label) and ``metadata["preprocessing"]`` (the spec).
     """
 
-    input_layout = "flat"
+    #: None for the flat layout; the preprocessed frame's (rows, cols, channels) for the image layout
     image_shape: tuple[int, int, int] | None = None
 
     def __init__(self, model, policy: str = "argmax", seed: int | None = 0) -> None:
@@ -41,14 +41,14 @@ class Pilot:
         self.labels: list[str] = list(meta["labels"])
         self.preprocess = from_metadata(meta)
         self.history_lag = int(meta.get("history_lag", 0))
-        #: "flat": one row [x, x − x_{t−k}] (the MLP); "image": (H, W, 2C), the frame and its change as
-        #: channels (the CNN); ``image_shape`` is the preprocessed frame's (rows, cols, channels)
-        self.input_layout = str(meta.get("input_layout", "flat"))
-        if self.input_layout not in ("flat", "image"):
-            raise ValueError(f"unknown input_layout {self.input_layout!r} in the model's metadata")
-        if self.input_layout == "image" and "image_shape" not in meta:
+        # input layout "flat": one row [x, x − x_{t−k}] (the MLP); "image": (H, W, 2C), the frame and its
+        # change as channels (the CNN), recognised below by image_shape being set
+        layout = str(meta.get("input_layout", "flat"))
+        if layout not in ("flat", "image"):
+            raise ValueError(f"unknown input_layout {layout!r} in the model's metadata")
+        if layout == "image" and "image_shape" not in meta:
             raise ValueError("an image-input pilot model needs 'image_shape' in its metadata")
-        self.image_shape = tuple(int(n) for n in meta["image_shape"]) if self.input_layout == "image" else None
+        self.image_shape = tuple(int(n) for n in meta["image_shape"]) if layout == "image" else None
         if model.n_outputs != len(self.labels):
             raise ValueError(f"model has {model.n_outputs} outputs but {len(self.labels)} labels")
         self._past: list[np.ndarray] = []
@@ -68,7 +68,7 @@ class Pilot:
             if len(self._past) > self.history_lag + 1:
                 self._past.pop(0)
             parts = (x, x - self._past[0])
-        if self.input_layout == "image":
+        if self.image_shape is not None:
             return as_image(parts, self.image_shape)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 

@@ -7,7 +7,7 @@ names. A new sensor, pilot or car link is one new part, never a new loop::
     car = Vehicle()
     car.add(SimFrames(sim), outputs=("image", "frame_time", "end"))
     car.add(PilotPart(pilot), inputs=("image",), outputs=("label", "confidence"), run_if="image")
-    car.add(safety, inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"))
+    car.add(safety, inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"), run_if="image")
     car.run()
 
 The simulator (:mod:`.sim.runs`), keyboard recording and network driving on the real car

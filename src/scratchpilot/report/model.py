@@ -103,14 +103,14 @@ def _pilot_inputs(model, spec: str):
     frame. The inputs are built as at drive time: the stored preprocessing, history and input layout."""
     from ..car.pilot import Pilot, model_inputs
     from ..car.preprocess import PreprocessSpecError
-    from ..car.sessions import SessionError, load_frames
+    from ..car.sessions import load_frames
 
     try:
         pilot = Pilot(model)
         frames = load_frames([spec])
-    except (PreprocessSpecError, SessionError, ValueError) as exc:
+    except ValueError as exc:  # a spec or session error, or not a pilot
         raise ModelReportError(str(exc)) from None
-    labels = list((model.metadata or {}).get("labels") or [])
+    labels = pilot.labels
     if list(frames.label_names) != labels:
         raise ModelReportError(f"the model's labels ({', '.join(labels)}) differ from the sessions' "
                                f"({', '.join(frames.label_names)})")

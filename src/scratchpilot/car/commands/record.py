@@ -39,17 +39,15 @@ def sim_keyboard_vehicle(sim, window, writer, *, max_steps: int | None = None):
     from ..hardware.window import WindowControls, WindowDisplay
     from ..parts import KeyboardPart, RecorderPart
     from ..sim.parts import SimFrames
-    from ..sim.runs import sim_safety
+    from ..sim.runs import add_sim_gate
     from ..vehicle import Vehicle
 
-    safety = sim_safety(sim)
     recorder = RecorderPart(writer)
     car = Vehicle()
     car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
     car.add(WindowControls(window), outputs=("held", "estop", "end"))
     car.add(KeyboardPart(), inputs=("held",), outputs=("label",), run_if="image")
-    car.add(safety, inputs=("label", "confidence", "frame_time", "source_fault", "estop"), outputs=("sent", "stop"),
-            run_if="image")
+    safety = add_sim_gate(car, sim, inputs=("label", "confidence", "frame_time", "source_fault", "estop"))
     car.add(recorder, inputs=("image", "label", "frame_time", "episode", "stop"), outputs=("recorded",))
     count = lambda: f"recorded: {recorder.stats['recorded']}"  # noqa: E731
     car.add(WindowDisplay(window, safety, "keys", count, clock=lambda: sim.time),

@@ -26,10 +26,7 @@ byte-for-byte Python mirror of the board's ``rc::Controller``, checked against t
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 FAILSAFE_S = 0.250  #: the Arduino releases everything after this long without a valid drive command

@@ -11,7 +11,7 @@ The ``car`` CLI calls :func:`summarize` and :func:`format_table` to list session
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from ...util.files import write_json
 from .format import EXCLUSIONS, SessionError
-from .reader import Session, list_sessions, load_exclusions
+from .reader import Session, excluded_mask, list_sessions, load_exclusions
 
 EXCLUSIONS_VERSION = 1
 
@@ -80,7 +80,7 @@ def restore(session: Session | str | Path, range_id: int | None = None, *, start
     """
     opened = _open(session)
     ranges = load_exclusions(opened.path, opened.total_frames)
-    before = _excluded_mask(ranges, opened.total_frames)
+    before = excluded_mask(ranges, opened.total_frames)
     if range_id is not None:
         if start is not None or stop is not None:
             raise SessionError("restore takes a range id or start/stop, not both")
@@ -98,7 +98,7 @@ def restore(session: Session | str | Path, range_id: int | None = None, *, start
     else:
         ranges = []
     _save_exclusions(opened.path, ranges)
-    return int(before.sum() - _excluded_mask(ranges, opened.total_frames).sum())
+    return int(before.sum() - excluded_mask(ranges, opened.total_frames).sum())
 
 
 def _subtract(ranges: list[dict[str, Any]], start: int, stop: int) -> list[dict[str, Any]]:
@@ -118,13 +118,6 @@ def _subtract(ranges: list[dict[str, Any]], start: int, stop: int) -> list[dict[
                 next_id += 1
             result.append(right)
     return result
-
-
-def _excluded_mask(ranges: Iterable[dict[str, Any]], total: int) -> np.ndarray:
-    mask = np.zeros(total, dtype=bool)
-    for item in ranges:
-        mask[item["start"]:item["stop"]] = True
-    return mask
 
 
 def _duration(timestamps: np.ndarray, episodes: np.ndarray) -> float:

@@ -42,7 +42,6 @@ class Session:
         self.name = path.name
         self.include_excluded = include_excluded
         self.verify_checksums = verify
-        self._manifest = manifest
         self.meta: dict[str, Any] = manifest["meta"]
         self.label_names: tuple[str, ...] = tuple(self.meta["labels"])
         shape = self.meta.get("frame_shape")
@@ -77,16 +76,14 @@ class Session:
 
     def keep_mask(self) -> np.ndarray:
         """(total_frames,) bool: True for frames that are read (all of them with ``include_excluded``)."""
-        keep = np.ones(self.total_frames, dtype=bool)
-        if not self.include_excluded:
-            for item in self.exclusions:
-                keep[item["start"]:item["stop"]] = False
-        return keep
+        return ~excluded_mask([] if self.include_excluded else self.exclusions, self.total_frames)
 
-    def _load_chunk(self, chunk: dict[str, Any], keys: Sequence[str]) -> dict[str, np.ndarray]:
+    def _load_chunk(self, chunk: dict[str, Any], keys: Sequence[str],
+                    verify: bool | None = None) -> dict[str, np.ndarray]:
+        """The arrays ``keys`` of one chunk, checked; ``verify`` (default :attr:`verify_checksums`) hashes it."""
         file = self.path / chunk["file"]
         try:
-            if self.verify_checksums:
+            if self.verify_checksums if verify is None else verify:
                 data = file.read_bytes()
                 if hashlib.sha256(data).hexdigest() != chunk["sha256"]:
                     raise SessionError(f"{file}: sha256 does not match the manifest: the chunk is corrupted")
@@ -118,14 +115,11 @@ class Session:
         """labels, timestamps, episodes of every frame (reads only those members of each chunk)."""
         if self._small is None:
             parts: dict[str, list[np.ndarray]] = {"labels": [], "timestamps": [], "episodes": []}
-            verify, self.verify_checksums = self.verify_checksums, False  # whole chunks are hashed on frame reads
-            try:
-                for chunk in self.chunks:
-                    arrays = self._load_chunk(chunk, tuple(parts))
-                    for key in parts:
-                        parts[key].append(arrays[key])
-            finally:
-                self.verify_checksums = verify
+            for chunk in self.chunks:
+                # not hashed here: whole chunks are hashed when their frames are read
+                arrays = self._load_chunk(chunk, tuple(parts), verify=False)
+                for key in parts:
+                    parts[key].append(arrays[key])
             dtypes = {"labels": np.int64, "timestamps": np.float64, "episodes": np.int64}
             self._small = {key: (np.concatenate(values) if values else np.zeros(0)).astype(dtypes[key])
                            for key, values in parts.items()}
@@ -186,15 +180,11 @@ class Session:
     def verify(self) -> list[str]:
         """Check every chunk (sha256, arrays, counts); returns the problems found (empty when intact)."""
         problems = []
-        verify, self.verify_checksums = self.verify_checksums, True
-        try:
-            for chunk in self.chunks:
-                try:
-                    self._load_chunk(chunk, CHUNK_KEYS)
-                except SessionError as err:
-                    problems.append(str(err))
-        finally:
-            self.verify_checksums = verify
+        for chunk in self.chunks:
+            try:
+                self._load_chunk(chunk, CHUNK_KEYS, verify=True)
+            except SessionError as err:
+                problems.append(str(err))
         return problems
 
     def stray_files(self) -> list[str]:
@@ -223,6 +213,14 @@ def _check_manifest(file: Path, manifest: Any) -> None:
         if chunk.get("start") != expected_start:
             raise SessionError(f"{file}: chunks[{i}] starts at frame {chunk.get('start')}, expected {expected_start}")
         expected_start += chunk["count"]
+
+
+def excluded_mask(ranges, total: int) -> np.ndarray:
+    """(total,) bool: True inside any of the exclusion ``ranges`` (``start``..``stop`` - 1)."""
+    mask = np.zeros(total, dtype=bool)
+    for item in ranges:
+        mask[item["start"]:item["stop"]] = True
+    return mask
 
 
 def load_exclusions(path: Path, total_frames: int | None = None) -> list[dict[str, Any]]:

@@ -23,14 +23,21 @@ def sim_safety(sim) -> Safety:
     return Safety(sim, max_frame_age=None, clock=lambda: sim.time, stop_repeat_s=0.0)
 
 
+def add_sim_gate(car: Vehicle, sim, inputs=("label", "confidence", "frame_time")) -> Safety:
+    """Put the simulator's safety gate (:func:`sim_safety`) into ``car``, outputs ``(sent, stop)``. It runs
+    on frames only: once the episode is over there is no frame and no car to command, and that is not a
+    stop (the real car's gate, by contrast, must also run without a frame)."""
+    safety = sim_safety(sim)
+    car.add(safety, inputs=inputs, outputs=("sent", "stop"), run_if="image", name="safety")
+    return safety
+
+
 def pilot_vehicle(sim, pilot, *, max_steps: int | None = None, extra=()) -> Vehicle:
     """sim frames -> pilot -> safety -> the simulator; ``extra`` parts ``(part, inputs, outputs)`` follow."""
     car = Vehicle()
     car.add(SimFrames(sim, max_steps), outputs=("image", "frame_time", "end"))
     car.add(PilotPart(pilot), inputs=("image",), outputs=("label", "confidence"), run_if="image", name="pilot")
-    # run_if: once the episode is over there is no frame and no car to command
-    car.add(sim_safety(sim), inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"),
-            run_if="image", name="safety")
+    add_sim_gate(car, sim)
     for part, inputs, outputs in extra:
         car.add(part, inputs, outputs)
     return car
@@ -80,8 +87,7 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
                 car.add(PilotPart(pilot), inputs=("image",), outputs=("label", "confidence"), run_if="image")
             car.add(RecorderPart(writer), inputs=("image", "expert_label", "frame_time", "episode"),
                     outputs=("recorded",))
-            car.add(sim_safety(sim), inputs=("label", "confidence", "frame_time"), outputs=("sent", "stop"),
-                    run_if="image")
+            add_sim_gate(car, sim)
             car.add(Progress(bar))
             for episode, seed in enumerate(seeds):
                 if episode:
