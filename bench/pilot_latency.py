@@ -65,11 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with blas_threads(1):
         for look, options in (("luma", {}), ("colour-blind", DEMO_PREPROCESS)):
-            mlp = pilot("mlp", options)
+            pilots = {arch: pilot(arch, options) for arch in ("mlp", "cnn")}
             rows.append({"step": f"preprocess one 96x96 frame, {look}",
-                         **timed(mlp.preprocess, frames, args.frames)})
-            for arch in ("mlp", "cnn"):
-                chosen = pilot(arch, options)
+                         **timed(pilots["mlp"].preprocess, frames, args.frames)})
+            for arch, chosen in pilots.items():
                 rows.append({"step": f"decide, {arch} (preprocess + network), {look}",
                              **timed(chosen.decide, frames, args.frames)})
     print(table(rows, ["step", "p50_ms", "p99_ms", "max_ms", "n"]))

@@ -154,14 +154,14 @@ class SessionWriter:
     def update_meta(self, values: Mapping[str, Any]) -> None:
         """Merge JSON-able ``values`` into the metadata; saved with the next chunk or at :meth:`close`."""
         try:
-            json.dumps(dict(values), allow_nan=False)
+            text = json.dumps(dict(values), allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ValueError(f"session metadata must be JSON-able: {err}") from None
         reserved = {"labels", "frame_shape"} & set(values)
         if reserved:
             raise ValueError(f"metadata field(s) {sorted(reserved)} are set by the recorder")
         with self._state_lock:
-            self._meta.update(json.loads(json.dumps(dict(values))))
+            self._meta.update(json.loads(text))  # a copy: later changes to ``values`` do not leak in
 
     def add(self, frame: np.ndarray, label: int | str, timestamp: float, episode: int = 0) -> None:
         """Append one frame.
