@@ -9,7 +9,7 @@ export SDL_VIDEODRIVER ?= dummy
 export SDL_AUDIODRIVER ?= dummy
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test bench lint install-all install-dev system-deps arduino-test clean
+.PHONY: demo test fuzz bench lint install-all install-dev system-deps arduino-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ demo: install-all
 
 test: install-dev system-deps
 	$(PY) -m pytest -q
+
+# The hypothesis suites (tests/test_fuzz_*.py) with ten times the examples `make test` runs, and their statistics.
+fuzz: install-dev
+	SCRATCHPILOT_FUZZ_SCALE=10 $(PY) -m pytest -q tests/test_fuzz_*.py --hypothesis-show-statistics
 
 bench: install-dev
 	$(PIP) install -q -e '.[bench]'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import sys
 import threading
@@ -71,3 +73,24 @@ class LoopbackServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def pipe_path(data: bytes):
+    """A path (``/dev/fd/N``) that gives ``data`` through a pipe, as a shell's ``<(...)`` does: it reads once."""
+    read_fd, write_fd = os.pipe()
+
+    def feed():
+        with os.fdopen(write_fd, "wb") as fh:
+            try:
+                fh.write(data)
+            except BrokenPipeError:
+                pass  # the reader stopped early (it refused the data): what it saw is what the test checks
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        yield f"/dev/fd/{read_fd}"
+    finally:
+        os.close(read_fd)
+        thread.join(timeout=5)

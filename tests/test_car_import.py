@@ -214,3 +214,16 @@ def test_autorccar_errors_name_file_and_row(tmp_path):
     with pytest.raises(ImportFormatError, match="g.npz: a single array"):
         import_autorccar(tmp_path / "g.npz", out)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_text_file_named_npz_is_not_called_pickled(tmp_path, capsys):
+    """np.load takes any file that is neither a zip nor an .npy for a pickle and offers to load it unsafely."""
+    from scratchpilot.cli import main
+
+    text = tmp_path / "notes.npz"
+    text.write_text("frames from Tuesday\n")
+    with pytest.raises(ImportFormatError, match=r"notes.npz: not an .npz archive.*starts with b'frames f"):
+        import_autorccar(text, tmp_path / "sessions")
+    assert main(["car", "sessions", str(tmp_path / "sessions"), "--import-npz", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.npz: not an .npz archive" in err and "pickle" not in err and "Traceback" not in err

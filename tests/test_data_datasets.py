@@ -116,8 +116,28 @@ def test_idx_with_wrong_contents(tmp_path):
     with pytest.raises(DatasetError, match=r"expected uint8 images of shape \(N, 28, 28\), found uint8 \(3, 20, 20\)"):
         resolve_dataset(str(path))
     write_idx(tmp_path / "odd-labels-idx1-ubyte", np.array([1, 2], np.uint8))
-    with pytest.raises(DatasetError, match="labels file: pass the images file"):
+    with pytest.raises(DatasetError, match=r"is a labels file \(a 1-D IDX of 2 values\): pass the images file"):
         resolve_dataset(str(tmp_path / "odd-labels-idx1-ubyte"))
+
+
+def test_images_or_labels_is_told_from_the_header_not_the_name(tmp_path):
+    from scratchpilot.data import write_idx
+
+    images = write_idx(tmp_path / "nolabels-images-idx3-ubyte", np.full((2, 28, 28), 9, np.uint8))
+    dataset = resolve_dataset(str(images))
+    assert len(dataset) == 2 and dataset.labels is None and dataset.sources == [images]
+    labels = write_idx(tmp_path / "mislabelled-images-idx3-ubyte", np.array([1, 2], np.uint8))
+    with pytest.raises(DatasetError, match="is a labels file"):
+        resolve_dataset(str(labels))
+
+
+def test_a_file_of_no_images_is_refused(tmp_path):
+    from scratchpilot.data import write_idx
+
+    images = write_idx(tmp_path / "empty-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "empty-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(DatasetError, match="empty-images-idx3-ubyte.*: holds no images"):
+        resolve_dataset(str(images))
 
 
 def test_mismatched_labels_beside_images(tmp_path):
@@ -146,6 +166,9 @@ def test_missing_files(tmp_path):
         resolve_dataset(str(tmp_path / "train.csv"))
     with pytest.raises(FileNotFoundError, match="no such IDX file"):
         resolve_dataset(str(tmp_path / "train-images-idx3-ubyte.gz"))
+    (tmp_path / "x.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match="x.csv: is a folder, not a CSV file"):
+        resolve_dataset(str(tmp_path / "x.csv"))
 
 
 # -------------------------------------------------------------------------------------------- features
@@ -165,6 +188,7 @@ def test_to_features_refuses_scaled_input():
         to_features(np.zeros((2, 784), np.float32))
     with pytest.raises(ValueError, match="a batch"):
         to_features(np.zeros(784, np.uint8))
+    assert to_features(np.zeros((0, 28, 28), np.uint8)).shape == (0, 784)
 
 
 def test_dataset_checks_its_arrays():
@@ -215,6 +239,31 @@ def test_info_command_writes_json(tmp_path, capsys):
     assert "mnist-test: 10000 images of 28x28" in capsys.readouterr().out
     figures = json.loads(report.read_text())
     assert figures["n"] == 10000 and figures["class_counts"] == MNIST_TEST_CLASS_COUNTS
+
+
+def _bad_idx_files(root: Path) -> dict[str, Path]:
+    from scratchpilot.data import write_idx
+
+    deep = root / "deep-images-idx3-ubyte"
+    deep.write_bytes(bytes.fromhex("000008ff") + bytes.fromhex("00000001") * 255 + b"\x00")
+    (root / "folder.csv").mkdir()
+    return {"deep": deep, "empty": write_idx(root / "empty-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8)),
+            "folder": root / "folder.csv"}
+
+
+@pytest.mark.parametrize("which, message", [
+    ("deep", "deep-images-idx3-ubyte: header declares 255 dimensions"),
+    ("empty", "empty-images-idx3-ubyte: holds no images"),
+    ("folder", "folder.csv: is a folder, not a CSV file"),
+])
+@pytest.mark.parametrize("command", ["info", "export-csv"])
+def test_bad_files_are_clean_command_errors(tmp_path, capsys, which, message, command):
+    path = _bad_idx_files(tmp_path)[which]
+    argv = ["data", command, str(path)] + ([str(tmp_path / "out.csv")] if command == "export-csv" else [])
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_import_stays_light():

@@ -108,3 +108,74 @@ def test_write_rejects_unsupported_types(tmp_path):
     with pytest.raises(ValueError, match="0 dimensions"):
         write_idx(tmp_path / "x.idx", np.uint8(3))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- outside files at their worst
+
+
+def test_zero_images_read_as_an_empty_array(tmp_path):
+    # a valid IDX file: reading it is not the place to refuse it (the datasets refuse an empty one)
+    path = write_idx(tmp_path / "empty-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    images = read_idx(path)
+    assert images.shape == (0, 28, 28) and images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("ndim", [33, 64, 255])
+def test_too_many_dimensions_are_named(tmp_path, ndim):
+    path = tmp_path / "deep.idx"
+    path.write_bytes(struct.pack(f">HBB{ndim}I", 0, 0x08, ndim, *([1] * ndim)) + b"\x07")
+    with pytest.raises(IdxFormatError) as error:
+        read_idx(path)
+    assert str(error.value).startswith(f"{path}: header declares {ndim} dimensions")
+    assert "at most 32" in str(error.value)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_reads_a_pipe_once(compress):
+    from support import pipe_path
+
+    array = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    data = _idx_bytes(array)
+    with pipe_path(gzip.compress(data) if compress else data) as path:
+        np.testing.assert_array_equal(read_idx(path), array)
+    with pipe_path(data[:-5]) as path, pytest.raises(IdxFormatError, match="truncated: header declares 3x28x28"):
+        read_idx(path)
+
+
+def test_folder_and_missing_file_are_named(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a folder, not a file"):
+        read_idx(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no-such.idx: no such file"):
+        read_idx(tmp_path / "no-such.idx")
+
+
+def test_gzip_bomb_is_refused_before_allocating(tmp_path):
+    from fuzzing import check_parser
+
+    # 100,000 blank images: 78 MB of zeros in a 76 KB gzip file (1000:1), refused from the header alone
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    header = struct.pack(">HBB3I", 0, 0x08, 3, 100_000, 28, 28)
+    path.write_bytes(gzip.compress(header + bytes(100_000 * 28 * 28), compresslevel=9))
+    check_parser(lambda: read_idx(path), IdxFormatError, str(path), max_bytes=4 << 20)
+    with pytest.raises(IdxFormatError, match="refused as a likely decompression bomb"):
+        read_idx(path)
+
+
+def test_size_limit_applies_to_plain_files_and_pipes(tmp_path):
+    array = np.zeros((40, 28, 28), np.uint8)
+    path = write_idx(tmp_path / "x.idx", array)
+    assert read_idx(path, max_bytes=len(path.read_bytes())).shape == (40, 28, 28)
+    with pytest.raises(IdxFormatError, match="more than (the )?1,000 bytes"):
+        read_idx(path, max_bytes=1000)
+    from support import pipe_path
+
+    with pipe_path(gzip.compress(_idx_bytes(array))) as pipe, pytest.raises(IdxFormatError, match="1,000 bytes"):
+        read_idx(pipe, max_bytes=1000)
+
+
+def test_an_empty_shape_numpy_cannot_hold_is_named(tmp_path):
+    # found by tests/test_fuzz_idx.py: a zero dimension makes the data empty, but NumPy refuses the shape
+    path = tmp_path / "wide.idx"
+    path.write_bytes(struct.pack(">HBB3I", 0, 0x0E, 3, 0, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(IdxFormatError, match=r"wide.idx: header declares 0x4294967295x4294967295 float64: too large"):
+        read_idx(path)

@@ -299,3 +299,85 @@ def test_submission_row_count_checked(tmp_path):
     path = write_submission(tmp_path / "s.csv", np.array([1, 2, 3]))
     with pytest.raises(CsvFormatError, match="3 rows, expected 28000"):
         read_submission(path, expected_rows=28000)
+
+
+# --------------------------------------------------------------------------- outside files at their worst
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_reads_a_pipe_once(compress):
+    from support import pipe_path
+
+    text = _train_text(_simple_rows(40)).encode()
+    reference = read_kaggle_csv_bytes(text)
+    with pipe_path(gzip.compress(text) if compress else text) as path:
+        X, y = read_kaggle_csv(path)
+    np.testing.assert_array_equal(X, reference[0])
+    np.testing.assert_array_equal(y, reference[1])
+
+
+def read_kaggle_csv_bytes(text: bytes):
+    """An independent parse of a valid train CSV."""
+    rows = [list(map(int, line.split(b","))) for line in text.splitlines()[1:] if line]
+    values = np.array(rows, dtype=np.int64)
+    return values[:, 1:].astype(np.uint8), values[:, 0]
+
+
+def _zero_rows_gzip(path, megabytes: int, header: str = TRAIN_HEADER):
+    """A gzip "bomb": ``megabytes`` of blank-image rows, compressed about 500:1, written block by block."""
+    import zlib
+
+    block = ("0," * 784 + "0\n").encode() * 640  # 1 MB
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with open(path, "wb") as fh:
+        fh.write(packer.compress((header + "\n").encode()))
+        for _ in range(megabytes):
+            fh.write(packer.compress(block))
+        fh.write(packer.flush())
+    return path
+
+
+def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path):
+    from fuzzing import check_parser
+
+    # 100 MB of text in a ~200 KB file: the old reader unpacked it whole (text and values, > 150 MB)
+    bomb = _zero_rows_gzip(tmp_path / "bomb.csv.gz", 100)
+    assert bomb.stat().st_size < 400_000
+    check_parser(lambda: read_kaggle_csv(bomb), CsvFormatError, str(bomb), max_bytes=48 << 20, max_seconds=10)
+    with pytest.raises(CsvFormatError, match="refused as a likely decompression bomb"):
+        read_kaggle_csv(bomb)
+
+
+def test_size_limit(tmp_path, monkeypatch):
+    from scratchpilot.data import _files
+
+    text = _train_text(_simple_rows(30)).encode()
+    plain = _write(tmp_path / "t.csv", text)
+    packed = _write(tmp_path / "t.csv.gz", gzip.compress(text))
+    assert len(read_kaggle_csv(plain, max_bytes=len(text))[0]) == 30
+    with pytest.raises(CsvFormatError, match=r"t.csv: holds more than 20,000 bytes, the most an input may hold"):
+        read_kaggle_csv(plain, max_bytes=20_000)
+    monkeypatch.setattr(_files, "MAX_INPUT_BYTES", 20_000)  # the default every reader gets
+    with pytest.raises(CsvFormatError, match=r"t.csv.gz: unpacks to more than 20,000 bytes.*decompression bomb"):
+        read_kaggle_csv(packed)
+
+
+def test_huge_fields_and_lines_fail_fast_and_small(tmp_path):
+    from fuzzing import check_parser
+
+    # a 5,000-digit pixel: out of range, without building the integer (Python refuses to past 4,300 digits)
+    error = _error(tmp_path, _with_field(row_index=1, column=5, value="7" * 5000))
+    assert "line 3, column 6 (pixel4): pixel value 777777777777777777777777... is outside 0..255" in str(error)
+    long_but_valid = _write(tmp_path / "zeros.csv", _with_field(1, 5, "0" * 5000 + "12").encode())
+    assert read_kaggle_csv(long_but_valid)[0][1, 4] == 12
+    # millions of commas in one line, and in the header: counted, not split into millions of strings
+    for text in (_train_text(_simple_rows(2)) + "," * 4_000_000 + "\n", "label" + "," * 4_000_000 + "\n"):
+        path = _write(tmp_path / "wide.csv", text.encode())
+        check_parser(lambda path=path: read_kaggle_csv(path), CsvFormatError, str(path), max_bytes=24 << 20)
+
+
+def test_folder_named_like_a_csv(tmp_path):
+    folder = tmp_path / "x.csv"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="x.csv: is a folder, not a file"):
+        read_kaggle_csv(folder)

@@ -117,3 +117,76 @@ def test_non_digits_model_is_refused(tmp_path, capsys):
     Sequential([Dense(5, 2)], seed=0).save(tmp_path / "other.npz")
     assert main(["digits", "evaluate", "--model", str(tmp_path / "other.npz")]) == 2
     assert "not a digits model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- bad data files, pipes
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, csvs):
+    """One file of each class of damaged input the readers refuse, and the message naming it."""
+    import gzip
+    import struct
+
+    from scratchpilot.data import write_idx
+
+    root, _ = csvs
+    bad = tmp_path_factory.mktemp("bad")
+    deep = bad / "deep-images-idx3-ubyte"
+    deep.write_bytes(struct.pack(">HBB255I", 0, 8, 255, *([1] * 255)) + b"\x00")
+    whole = gzip.compress((root / "test_labelled.csv").read_bytes())
+    (bad / "cut.csv.gz").write_bytes(whole[:len(whole) // 2])
+    (bad / "folder.csv").mkdir()
+    return {
+        "empty": (write_idx(bad / "empty-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8)), "holds no images"),
+        "deep": (deep, "header declares 255 dimensions"),
+        "cut": (bad / "cut.csv.gz", "damaged gzip data"),
+        "folder": (bad / "folder.csv", "is a folder, not a CSV file"),
+    }
+
+
+@pytest.mark.parametrize("which", ["empty", "deep", "cut", "folder"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_bad_data_files_are_clean_errors(command, which, bad_files, model_path, tmp_path, capsys):
+    path, message = bad_files[which]
+    argv = {"train": ["digits", "train", "--data", str(path), "--epochs", "1", "--validate", "none",
+                      "--out", str(tmp_path / "m.npz")],
+            "evaluate": ["digits", "evaluate", "--model", str(model_path), "--data", str(path)],
+            "predict": ["digits", "predict", "--model", str(model_path), "--data", str(path),
+                        "--out", str(tmp_path / "p.csv")]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{path}" in err and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kaggle_bomb_is_refused(model_path, tmp_path, capsys, monkeypatch):
+    import gzip
+
+    from scratchpilot.data import _files
+
+    monkeypatch.setattr(_files, "RATIO_FLOOR", 1 << 20)  # so that a 4 MB bomb is enough
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress((",".join(f"pixel{i}" for i in range(784)) + "\n").encode()
+                                   + ("0," * 783 + "0\n").encode() * 2600))
+    assert main(["digits", "kaggle", "--model", str(model_path), "--test", str(bomb),
+                 "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bomb}: unpacks to more than 100 times its size" in err and "Traceback" not in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_kaggle_reads_the_test_csv_from_a_pipe(model_path, csvs, tmp_path):
+    import subprocess
+
+    from support import SCRATCHPILOT_CLI
+
+    root, labels = csvs
+    sub = tmp_path / "s.csv"
+    # input= gives the child's stdin through a pipe: it can be read only once
+    run = subprocess.run([*SCRATCHPILOT_CLI, "digits", "kaggle", "--model", str(model_path), "--test", "/dev/stdin",
+                          "--out", str(sub)], input=(root / "test.csv").read_bytes(), capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    assert len(read_submission(sub, expected_rows=2000)) == 2000
+    expected = load(model_path).predict(to_features(resolve_dataset(str(root / "test.csv")).images))
+    np.testing.assert_array_equal(read_submission(sub), expected)

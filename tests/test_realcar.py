@@ -667,8 +667,10 @@ def test_cli_drive_errors_are_clear(tmp_path, pilot_model, capsys):
     assert code == 2 and "expected tcp://HOST:PORT" in err
     code, err = run("--model", str(tmp_path / "missing.npz"), "--source", "tcp://127.0.0.1:9", "--dry-run")
     assert code == 2 and "missing.npz" in err
-    code, err = run("--model", model, "--source", "tcp://127.0.0.1:9", "--dry-run", "--min-confidence", "2")
-    assert code == 2 and "--min-confidence must be between 0 and 1" in err
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing, before the model is even read
+        run("--model", model, "--source", "tcp://127.0.0.1:9", "--dry-run", "--min-confidence", "2")
+    assert exit_.value.code == 2
+    assert "argument --min-confidence: must be a number ≥ 0 and ≤ 1, got 2" in capsys.readouterr().err
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there: like an unplugged adapter

@@ -501,3 +501,153 @@ def test_pilot_model_report_on_real_tub(tmp_path, shared_data, browser, artifact
     assert report["per_session"][0]["frames"] == 1000
     assert_self_contained(out.read_text())
     render(browser, out, artifacts_dir / "report-model-pilot.png")
+
+
+# ------------------------------------------------------------------------- damaged and hostile data files
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory, shared_data):
+    """300 MNIST test rows as a Kaggle train CSV: its bytes and the rows."""
+    test = resolve_dataset("mnist-test")
+    path = tmp_path_factory.mktemp("small") / "small.csv"
+    write_kaggle_csv(path, test.images[:300], test.labels[:300])
+    return path.read_bytes(), test.images[:300], test.labels[:300]
+
+
+def test_truncated_gzip_reports_the_rows_before_the_break(small_csv, tmp_path, capsys):
+    import gzip
+
+    text, images, labels = small_csv
+    whole = gzip.compress(text)
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[:len(whole) // 2])
+    out_json = tmp_path / "cut.json"
+    assert main(["report", "data", str(path), "--out", str(tmp_path / "cut.html"), "--json", str(out_json),
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "damaged gzip stream" in captured.out
+    report = json.loads(out_json.read_text())
+    damaged = finding(report, "damaged", "cut.csv.gz")
+    assert damaged["severity"] == "error" and "the rest of cut.csv.gz cannot be read" in damaged["items"][0]["message"]
+    n = report["description"][0]["records"]
+    assert 20 < n < 300  # the whole lines before the break, every one of them as written
+    assert damaged["items"][0]["line"] == n + 2
+    assert report["description"][0]["class_counts"] == np.bincount(labels[:n], minlength=10).tolist()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x1f\x8b" + b"not gzip data at all" * 20, "bad.csv.gz: damaged gzip data"),  # gzip magic, then junk
+    (b"\x1f\x8b\x08\x00" + bytes(6), "bad.csv.gz: damaged gzip data"),  # a header and nothing else
+    (b"", "bad.csv.gz: empty file"),
+])
+def test_unreadable_gzip_is_a_clean_error(content, message, tmp_path, capsys):
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(content)
+    assert main(["report", "data", str(path), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
+    import gzip
+
+    from scratchpilot.data import _files
+
+    monkeypatch.setattr(_files, "RATIO_FLOOR", 1 << 20)  # so that a 4 MB bomb is enough here
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n").encode()
+                                   + ("0," * 784 + "0\n").encode() * 2600))
+    assert main(["report", "data", str(bomb), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bomb}: unpacks to more than 100 times its size" in err and "Traceback" not in err
+
+
+def test_empty_idx_is_a_clean_error(tmp_path, capsys):
+    from scratchpilot.data import write_idx
+
+    path = write_idx(tmp_path / "empty-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    assert main(["report", "data", str(path), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "empty-images-idx3-ubyte: holds no images" in err and "Traceback" not in err
+
+
+def test_report_reads_a_named_pipe_once(small_csv, tmp_path, capsys):
+    import os
+    import threading
+
+    text, images, _ = small_csv
+    fifo = tmp_path / "piped.csv"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as fh:  # blocks until the report opens it for reading
+            fh.write(text)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out_json = tmp_path / "piped.json"
+    assert main(["report", "data", str(fifo), "--out", str(tmp_path / "p.html"), "--json", str(out_json),
+                 "--no-progress"]) == 0
+    writer.join(timeout=5)
+    report = json.loads(out_json.read_text())
+    assert report["description"][0]["records"] == 300 and report["quality"]["splits"]["piped.csv"][
+        "value_problems"]["total"] == 0
+
+
+def test_lenient_reader_bounds_what_it_reads(tmp_path):
+    import zlib
+
+    from fuzzing import check_parser
+
+    from scratchpilot.report.lenient_csv import read_csv_lenient
+
+    header = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
+    # a bomb at the real defaults: 100 MB of text in a ~200 KB file, refused while it is read
+    bomb = tmp_path / "bomb.csv.gz"
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with open(bomb, "wb") as fh:
+        fh.write(packer.compress(header.encode()))
+        block = ("0," * 784 + "0\n").encode() * 640
+        for _ in range(100):
+            fh.write(packer.compress(block))
+        fh.write(packer.flush())
+    check_parser(lambda: read_csv_lenient(bomb), ValueError, str(bomb), max_bytes=48 << 20, max_seconds=20)
+    with pytest.raises(ValueError, match="refused as a likely decompression bomb"):
+        read_csv_lenient(bomb)
+    # a 20 MB line of the right field count: looked at field by field, not with ten times its size in temporaries
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes((header + "3," + ",".join(["1" * 25_000] * 784) + "\n" + "4," + "0," * 783 + "0\n").encode())
+    result = check_parser(lambda: read_csv_lenient(wide), ValueError, str(wide), max_bytes=100 << 20)
+    assert result.line_numbers.tolist() == [3] and result.problem_counts == {"out_of_range": 784}
+    assert result.problems[0].value == "1" * 24 and result.problems[0].message.endswith("... is outside 0..255")
+
+
+def test_lenient_reader_reads_a_pipe_once(small_csv):
+    import gzip
+
+    from support import pipe_path
+
+    from scratchpilot.report.lenient_csv import read_csv_lenient
+
+    text, images, labels = small_csv
+    with pipe_path(gzip.compress(text)) as path:
+        result = read_csv_lenient(path)
+    assert np.array_equal(result.pixels, images.reshape(-1, 784)) and np.array_equal(result.labels, labels)
+    assert result.n_problems == 0
+
+
+def test_lenient_reader_reads_long_spellings_as_the_strict_one_does(tmp_path):
+    # found by tests/test_fuzz_csv.py: 5,000 leading zeros are still the pixel 12 to the strict reader
+    from scratchpilot.report.lenient_csv import read_csv_lenient
+
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    row = ["3"] + ["0"] * 784
+    row[5], row[6] = "0" * 5000 + "12", "-" + "0" * 5000
+    path = tmp_path / "zeros.csv"
+    path.write_text(header + "\n" + ",".join(row) + "\n")
+    strict = read_kaggle_csv(path)
+    lenient = read_csv_lenient(path)
+    assert lenient.n_problems == 0 and strict[0][0, 4] == lenient.pixels[0, 4] == 12
+    np.testing.assert_array_equal(lenient.pixels, strict[0])

@@ -442,7 +442,7 @@ def test_serve_refuses_missing_and_corrupt_model_files(tmp_path):
 
 def test_serve_rejects_bad_port():
     result = run_cli("serve", "--port", "70000")
-    assert result.returncode == 2 and "0..65535" in result.stderr
+    assert result.returncode == 2 and "--port: must be an integer ≥ 0 and ≤ 65535, got 70000" in result.stderr
 
 
 def test_serve_command_uses_the_cached_default_model(tmp_path, model_path):

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"scratchpilot: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system said no (disk full, a folder gone): its message names the file
+        print(f"scratchpilot: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nscratchpilot: interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,58 @@ and on the real car alike.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+#: the longest history lag (frames) a pilot may look back
+MAX_HISTORY_LAG = 100
+
+
+class PilotModelError(ValueError):
+    """A model file whose metadata does not describe a usable pilot; the message names the field."""
+
+
+def pilot_metadata(metadata) -> dict:
+    """The metadata fields a pilot reads, checked (the one place that does): ``labels`` (a list of
+    distinct names), ``history_lag`` (0..MAX_HISTORY_LAG), ``input_layout`` ("flat" or "image") and, for
+    the image layout, ``image_shape`` (rows, cols, channels; None for flat). The preprocessing spec is
+    checked by :func:`~scratchpilot.car.preprocess.from_metadata`. Raises :class:`PilotModelError`."""
+    meta = metadata if isinstance(metadata, dict) else {}
+    task = meta.get("task")
+    if task is not None and task != "pilot" or "labels" not in meta or "preprocessing" not in meta:
+        said = f"its metadata says task {task!r}" if task not in (None, "pilot") else \
+            "its metadata has no 'labels' and 'preprocessing'"
+        raise PilotModelError(f"not a pilot model: {said} (train one with 'scratchpilot car train')")
+
+    def bad(field: str, wanted: str):
+        return PilotModelError(f"model metadata field {field!r} must be {wanted}, got {_brief(meta.get(field))}")
+
+    labels = meta["labels"]
+    if not (isinstance(labels, list) and labels and all(isinstance(n, str) and n for n in labels)
+            and len(set(labels)) == len(labels)):
+        raise bad("labels", "a list of distinct label names (strings)")
+    lag = meta.get("history_lag", 0)
+    if isinstance(lag, float) and math.isfinite(lag) and lag == int(lag):
+        lag = int(lag)  # 2.0 is 2: JSON does not tell integers from floats
+    if isinstance(lag, bool) or not isinstance(lag, int) or not 0 <= lag <= MAX_HISTORY_LAG:
+        raise bad("history_lag", f"a whole number of frames from 0 to {MAX_HISTORY_LAG}")
+    layout = meta.get("input_layout", "flat")
+    if layout not in ("flat", "image"):
+        raise bad("input_layout", "'flat' or 'image'")
+    image_shape = None
+    if layout == "image":
+        image_shape = meta.get("image_shape")
+        if not (isinstance(image_shape, list) and len(image_shape) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 16 for n in image_shape)):
+            raise bad("image_shape", "[rows, cols, channels] (positive whole numbers) for an image-input pilot")
+        image_shape = tuple(image_shape)
+    return {**meta, "labels": list(labels), "history_lag": lag, "input_layout": layout, "image_shape": image_shape}
+
+
+def _brief(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Pilot:
@@ -33,24 +84,16 @@ class Pilot:
         self.policy = policy
         self._rng = np.random.default_rng(seed)
 
-        meta = model.metadata or {}
-        if "labels" not in meta or "preprocessing" not in meta:
-            raise ValueError("not a pilot model: its metadata has no 'labels' and 'preprocessing' "
-                             "(train one with 'scratchpilot car train')")
+        meta = pilot_metadata(model.metadata)
         self.model = model
-        self.labels: list[str] = list(meta["labels"])
+        self.labels: list[str] = meta["labels"]
         self.preprocess = from_metadata(meta)
-        self.history_lag = int(meta.get("history_lag", 0))
+        self.history_lag: int = meta["history_lag"]
         # input layout "flat": one row [x, x − x_{t−k}] (the MLP); "image": (H, W, 2C), the frame and its
         # change as channels (the CNN), recognised below by image_shape being set
-        layout = str(meta.get("input_layout", "flat"))
-        if layout not in ("flat", "image"):
-            raise ValueError(f"unknown input_layout {layout!r} in the model's metadata")
-        if layout == "image" and "image_shape" not in meta:
-            raise ValueError("an image-input pilot model needs 'image_shape' in its metadata")
-        self.image_shape = tuple(int(n) for n in meta["image_shape"]) if layout == "image" else None
+        self.image_shape = meta["image_shape"]
         if model.n_outputs != len(self.labels):
-            raise ValueError(f"model has {model.n_outputs} outputs but {len(self.labels)} labels")
+            raise PilotModelError(f"model has {model.n_outputs} outputs but {len(self.labels)} labels")
         self._past: list[np.ndarray] = []
 
     def reset(self) -> None:

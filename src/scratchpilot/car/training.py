@@ -42,13 +42,11 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator, power: float 
 
 
 def open_sessions(items) -> list:
-    """Open every session named by ``items`` (session folders, or folders holding sessions)."""
-    from .sessions.reader import Session, list_sessions
+    """Open every session named by ``items`` (session folders, or folders holding sessions); one that cannot
+    be read is left out with a warning on stderr (see :func:`.sessions.reader.open_sessions`)."""
+    from .sessions.reader import open_sessions as open_usable
 
-    opened = [Session.open(p) for item in items for p in list_sessions(item)]
-    if not opened:
-        raise ValueError(f"no sessions found in {', '.join(map(str, items))}")
-    return opened
+    return open_usable(items)
 
 
 ARCHS = ("mlp", "cnn")

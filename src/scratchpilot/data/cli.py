@@ -6,8 +6,8 @@ Imports only argparse and the standard library at import time; NumPy and the rea
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from .. import options
 from ..errors import CommandError
 from ..util.files import write_json_result
 
@@ -23,9 +23,10 @@ def add_parser(subparsers) -> None:
                                              "or, with --no-labels, test format (pixel0,...). "
                                              "Example: scratchpilot data export-csv mnist-test test.csv --no-labels")
     export.add_argument("dataset", metavar="DATASET")
-    export.add_argument("out", metavar="OUT.csv", type=Path, help="output file (.csv, or .csv.gz to compress)")
+    export.add_argument("out", metavar="OUT.csv", type=options.csv_file,
+                        help="output file (.csv, or .csv.gz to compress)")
     export.add_argument("--no-labels", action="store_true", help="test format: leave out the label column")
-    export.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
+    export.add_argument("--limit", type=options.positive_int, metavar="N", help="only the first N images")
     export.set_defaults(func=_export_csv)
 
     fetch = commands.add_parser("fetch", help="download MNIST / Fashion-MNIST into the cache (SHA-256 checked)",
@@ -34,22 +35,16 @@ def add_parser(subparsers) -> None:
     # a type check rather than choices=: argparse rejects an empty '*' list against choices (Python < 3.12)
     fetch.add_argument("kinds", nargs="*", type=_collection_name, metavar="{mnist,fashion}",
                        help="which collections (default: mnist)")
-    fetch.add_argument("--cache-dir", type=Path, help="cache folder (default: SCRATCHPILOT_CACHE or "
+    fetch.add_argument("--cache-dir", type=options.output_folder, help="cache folder (default: SCRATCHPILOT_CACHE or "
                                                       "~/.cache/scratchpilot)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
     fetch.set_defaults(func=_fetch)
 
     info = commands.add_parser("info", help="size, shape, class counts and source files of a dataset")
     info.add_argument("dataset", metavar="DATASET")
-    info.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    info.add_argument("--json", type=options.json_file, metavar="PATH", help="also write the figures as JSON here")
     info.set_defaults(func=_info)
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _collection_name(text: str) -> str:
@@ -64,7 +59,7 @@ def _load(spec: str, progress: bool = True):
 
     try:
         return resolve_dataset(spec, progress=progress)
-    except (DatasetError, CsvFormatError, IdxFormatError, DownloadError, FileNotFoundError) as exc:
+    except (DatasetError, CsvFormatError, IdxFormatError, DownloadError, OSError) as exc:
         raise CommandError(str(exc)) from exc
 
 

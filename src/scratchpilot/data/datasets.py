@@ -14,6 +14,7 @@ Where the files are looked for, in order:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import check_input_path
 from .download import download as _download
 from .download import sha256_file
 from .idx import read_idx
@@ -141,7 +143,7 @@ def to_features(images: np.ndarray) -> np.ndarray:
         raise TypeError(f"to_features expects uint8 pixels 0..255, got {images.dtype} (already scaled?)")
     if images.ndim < 2:
         raise ValueError(f"to_features expects a batch (N, H, W) or (N, H*W), got shape {images.shape}")
-    features = images.reshape(len(images), -1).astype(np.float32)
+    features = images.reshape(len(images), math.prod(images.shape[1:])).astype(np.float32)
     features /= np.float32(255)
     return features
 
@@ -205,8 +207,13 @@ def _load_split(kind: str, split: str, data_dir=None, cache_dir=None, download: 
 
 def _checked_dataset(images: np.ndarray, labels: np.ndarray | None, name: str, sources: list[Path],
                      class_names: tuple[str, ...]) -> Dataset:
-    """A Dataset after checking what the files held: uint8 28x28 images, matching labels in range."""
+    """A Dataset after checking what the files held: at least one uint8 28x28 image, matching labels in range.
+
+    An empty file is refused here, for every format (a command cannot train on, score or describe nothing).
+    """
     where = ", ".join(map(str, sources))
+    if not len(images):
+        raise DatasetError(f"{where}: holds no images (0 records)")
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise DatasetError(f"{where}: expected uint8 images of shape (N, 28, 28), found {images.dtype} "
                            f"{images.shape}")
@@ -300,7 +307,7 @@ def resolve_dataset(spec: str, download: bool = True, progress: bool = True, dat
     ------
     DatasetError
         Unknown name (the message lists the options) or unusable file contents;
-        FileNotFoundError, CsvFormatError, IdxFormatError for missing or malformed files.
+        FileNotFoundError / IsADirectoryError, CsvFormatError, IdxFormatError for missing or malformed files.
     """
     key = spec.strip().lower()
     if key in DATASET_NAMES:
@@ -309,18 +316,18 @@ def resolve_dataset(spec: str, download: bool = True, progress: bool = True, dat
     path = Path(spec).expanduser()
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such CSV file")
+        check_input_path(path, "CSV")
         pixels, labels = read_kaggle_csv(path)
         return _checked_dataset(pixels.reshape(-1, *IMAGE_SHAPE), labels, path.name, [path], DIGIT_CLASS_NAMES)
     if "idx" in name or name.endswith(("-ubyte", "-ubyte.gz")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such IDX file")
-        if "labels" in name:
-            raise DatasetError(f"{path} is a labels file: pass the images file (...images-idx3...) instead")
+        check_input_path(path, "IDX")
+        images = read_idx(path)
+        if images.ndim == 1:  # told from the header, not the name ("nolabels-images-..." holds images)
+            raise DatasetError(f"{path} is a labels file (a 1-D IDX of {len(images)} values): pass the images "
+                               "file (...images-idx3...) instead")
         labels_path = _labels_beside(path)
         labels = read_idx(labels_path) if labels_path else None
         sources = [path] + ([labels_path] if labels_path else [])
         class_names = FASHION_CLASS_NAMES if "fashion" in str(path).lower() else DIGIT_CLASS_NAMES
-        return _checked_dataset(read_idx(path), labels, path.name, sources, class_names)
+        return _checked_dataset(images, labels, path.name, sources, class_names)
     raise DatasetError(f"unknown dataset {spec!r}: {_dataset_options()}")

@@ -17,14 +17,17 @@ any chunk of lines the fast path does not accept, so errors are reported exactly
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from ..util.files import atomic_write
-from ._files import GZIP_ERRORS, open_binary
+from ._files import READ_ERRORS, InputFile, read_problem
 
 N_PIXELS = 784
 N_CLASSES = 10
@@ -61,14 +64,19 @@ class CsvFormatError(ValueError):
 # --------------------------------------------------------------------------------------------- reading
 
 
-def read_kaggle_csv(path: str | os.PathLike, expect_labels: bool | None = None
+def read_kaggle_csv(path: str | os.PathLike, expect_labels: bool | None = None, max_bytes: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a Kaggle Digit Recognizer train or test CSV (``.csv`` or ``.csv.gz``).
+    """Read a Kaggle Digit Recognizer train or test CSV (``.csv`` or ``.csv.gz``, a file or a pipe).
+
+    The file is read once, a chunk of lines at a time: memory holds the parsed values and one chunk of
+    text, never the whole text.
 
     Parameters
     ----------
     path : the file; train or test format is recognised from the header.
     expect_labels : True to require the train format, False the test format, None to accept either.
+    max_bytes : the most text the file may hold once decompressed (default
+        :data:`scratchpilot.data._files.MAX_INPUT_BYTES`): a decompression bomb is refused while it is read.
 
     Returns
     -------
@@ -79,50 +87,98 @@ def read_kaggle_csv(path: str | os.PathLike, expect_labels: bool | None = None
     ------
     CsvFormatError
         Empty file, wrong header, wrong column count, a value that is not an integer, a pixel outside
-        0..255 or a label outside 0..9, with file, line and column in the message.
+        0..255 or a label outside 0..9, with file, line and column in the message; damaged gzip data or
+        more text than ``max_bytes``. ``FileNotFoundError`` / ``IsADirectoryError`` when there is no such file.
     """
     path = Path(path)
-    text = _read_csv_bytes(path)
-    header_end = text.index(b"\n")  # present: _read_csv_bytes ends the text with one
-    has_labels = _check_header(path, _header_names(text[:header_end]), expect_labels)
-    columns = TRAIN_HEADER if has_labels else TEST_HEADER
-    if header_end + 1 == len(text):
+    try:
+        with InputFile(path, max_bytes) as source:
+            chunks = _line_chunks(source.stream)
+            first = next(chunks, None)
+            if first is None:
+                raise CsvFormatError(path, "empty file")
+            header_end = first.index(b"\n")  # present: every chunk ends in one
+            has_labels = _check_header(path, first[:header_end], expect_labels)
+            columns = TRAIN_HEADER if has_labels else TEST_HEADER
+            blocks, row = [], 0
+            for chunk in itertools.chain([first[header_end + 1:]], chunks):
+                block = _parse_lines(path, chunk, row + 2, columns, label_column=has_labels)
+                blocks.append(block)
+                row += len(block)
+    except READ_ERRORS as exc:
+        raise CsvFormatError(path, read_problem(exc)) from exc
+    if not row:
         raise CsvFormatError(path, "no data rows after the header", line=2)
-
-    values = _parse_rows(path, text, header_end + 1, columns, label_column=has_labels)
+    values = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
     if has_labels:
         return np.ascontiguousarray(values[:, 1:]), values[:, 0].astype(np.int64)
     return values, None
 
 
+def _line_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream's text in pieces of whole lines (about ``_CHUNK_BYTES`` each), every piece ending in LF.
+
+    As the format allows: the BOM is dropped, CRLF becomes LF, a missing final newline is added and
+    empty lines at the very end are dropped. Nothing is yielded for an empty or all-blank file. A line
+    longer than a chunk is gathered whole (the input's size bound limits how long it can be).
+    """
+    held: list[bytes] = []  # the unfinished last line, in the pieces read
+    blank = b""  # blank text held back: given out only when more text follows it
+    started, first = False, True
+    while True:
+        block = stream.read(_CHUNK_BYTES)
+        if first:
+            block, first = block.removeprefix(_BOM), False
+        if block:
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                held.append(block)
+                continue
+            piece = b"".join([*held, block[:cut]])
+            held = [block[cut:]] if cut < len(block) else []
+        else:
+            piece = b"".join(held)
+            if not piece:
+                return
+            piece += b"\n"
+        if b"\r" in piece:
+            # a lone CR that is not part of CRLF stays in and is reported as a bad character
+            piece = piece.replace(b"\r\n", b"\n")
+        piece = blank + piece
+        if not started and piece.isspace():
+            blank = piece  # only blank text so far: an empty file unless more follows
+        else:
+            body = piece.rstrip(b"\n")
+            if body:
+                started = True
+                yield body + b"\n"
+            blank = piece[len(body) + 1:] if body else piece
+        if not block:
+            return
+
+
 def _read_csv_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed, without BOM, with LF line ends and exactly one final newline."""
+    """A small CSV's whole text as :func:`_line_chunks` gives it (for submissions, one short line a row)."""
     try:
-        with open_binary(path) as fh:
-            text = fh.read()
-    except GZIP_ERRORS as exc:
-        raise CsvFormatError(path, f"damaged gzip data ({exc})") from exc
-    if text.startswith(_BOM):
-        text = text[len(_BOM):]
-    if b"\r" in text:
-        # a lone CR that is not part of CRLF stays in and is reported as a bad character
-        text = text.replace(b"\r\n", b"\n")
-    if not text or text.isspace():  # isspace stops at the first other byte; strip() would copy
+        with InputFile(path) as source:
+            text = b"".join(_line_chunks(source.stream))
+    except READ_ERRORS as exc:
+        raise CsvFormatError(path, read_problem(exc)) from exc
+    if not text:
         raise CsvFormatError(path, "empty file")
-    if not text.endswith(b"\n"):
-        text += b"\n"
-    elif text.endswith(b"\n\n"):
-        text = text.rstrip(b"\n") + b"\n"
     return text
 
 
-def _header_names(line: bytes) -> list[str]:
-    """Column names of a header line; surrounding spaces and double quotes are ignored."""
-    return [name.strip().strip('"') for name in line.decode("utf-8", errors="replace").split(",")]
+def _header_names(line: bytes, most: int) -> list[str]:
+    """The first ``most`` column names of a header line; surrounding spaces and double quotes are ignored."""
+    names = line.split(b",", most)[:most]  # split a bounded number of times: the line may be huge
+    return [name.decode("utf-8", errors="replace").strip().strip('"') for name in names]
 
 
-def _check_header(path: Path, names: list[str], expect_labels: bool | None) -> bool:
-    """Validate a train or test header; returns True for the train format (with a label column)."""
+def _check_header(path: Path, line: bytes, expect_labels: bool | None) -> bool:
+    """Validate a train or test header line; returns True for the train format (with a label column)."""
+    names = _header_names(line, len(TRAIN_HEADER))
+    n_names = line.count(b",") + 1
     if names[0] == "label":
         expected, has_labels = TRAIN_HEADER, True
     elif names[0] == "pixel0":
@@ -135,9 +191,9 @@ def _check_header(path: Path, names: list[str], expect_labels: bool | None) -> b
         if name != want:
             raise CsvFormatError(path, f"header column should be {want!r}, found {_shorten(name)}",
                                  line=1, column=column)
-    if len(names) != len(expected):
-        first_bad = min(len(names), len(expected)) + 1
-        raise CsvFormatError(path, f"header has {len(names)} columns, expected {len(expected)} "
+    if n_names != len(expected):
+        first_bad = min(n_names, len(expected)) + 1
+        raise CsvFormatError(path, f"header has {n_names} columns, expected {len(expected)} "
                                    f"({expected[0]}, ..., {expected[-1]})", line=1, column=first_bad)
     if expect_labels is not None and expect_labels != has_labels:
         wanted = "train format (label,pixel0,...)" if expect_labels else "test format (pixel0,...)"
@@ -146,24 +202,19 @@ def _check_header(path: Path, names: list[str], expect_labels: bool | None) -> b
     return has_labels
 
 
-def _parse_rows(path: Path, text: bytes, start: int, columns: tuple[str, ...],
-                label_column: bool) -> np.ndarray:
-    """Parse the data lines of ``text`` from byte ``start`` (each ending in a newline) into uint8 (N, C)."""
-    n_rows = text.count(b"\n", start)
-    values = np.empty((n_rows, len(columns)), dtype=np.uint8)
-    buffer = np.frombuffer(text, dtype=np.uint8)
-    row = 0
-    while start < len(text):
-        stop = text.rfind(b"\n", start, start + _CHUNK_BYTES) + 1
-        if stop <= start:  # one line longer than a chunk
-            stop = text.index(b"\n", start) + 1
-        chunk = _parse_chunk_fast(buffer[start:stop], len(columns))
-        if chunk is None or (label_column and chunk[:, 0].max(initial=0) >= N_CLASSES):
-            chunk = _parse_chunk_strict(path, text[start:stop], first_line=row + 2, columns=columns,
-                                        label_column=label_column)
-        values[row:row + len(chunk)] = chunk
-        row += len(chunk)
-        start = stop
+def _parse_lines(path: Path, chunk: bytes, first_line: int, columns: tuple[str, ...],
+                 label_column: bool) -> np.ndarray:
+    """Parse whole data lines (each ending in a newline; line ``first_line`` first) into uint8 (N, C)."""
+    if not chunk:
+        return np.empty((0, len(columns)), dtype=np.uint8)
+    values = None
+    # the vectorised pass takes about ten times its text in temporaries: a chunk holding one huge line goes
+    # to the line-by-line reader, which checks the field count before splitting anything
+    if len(chunk) <= 2 * _CHUNK_BYTES:
+        values = _parse_chunk_fast(np.frombuffer(chunk, dtype=np.uint8), len(columns))
+    if values is None or (label_column and values[:, 0].max(initial=0) >= N_CLASSES):
+        values = _parse_chunk_strict(path, chunk, first_line=first_line, columns=columns,
+                                     label_column=label_column)
     return values
 
 
@@ -211,23 +262,26 @@ def _parse_chunk_strict(path: Path, chunk: bytes, first_line: int, columns: tupl
         line_no = first_line + offset
         if not line.strip():
             raise CsvFormatError(path, "empty line", line=line_no)
-        fields = line.split(b",")
-        if len(fields) != len(columns):
+        n_fields = line.count(b",") + 1  # counted before splitting: a damaged line may hold millions
+        if n_fields != len(columns):
             # point at the first column that is missing or extra
-            first_bad = min(len(fields), len(columns)) + 1
+            first_bad = min(n_fields, len(columns)) + 1
             name = columns[first_bad - 1] if first_bad <= len(columns) else None
-            raise CsvFormatError(path, f"expected {len(columns)} columns, found {len(fields)}", line_no,
+            raise CsvFormatError(path, f"expected {len(columns)} columns, found {n_fields}", line_no,
                                  first_bad, name)
-        for column, field in enumerate(fields):
+        for column, field in enumerate(line.split(b",")):
             is_label = label_column and column == 0
             if not _INTEGER.fullmatch(field):
                 raise CsvFormatError(path, f"{_shorten(field)} is not an integer", line_no, column + 1,
                                      columns[column])
-            value = int(field)
             low, high = (0, N_CLASSES - 1) if is_label else (0, 255)
-            if not low <= value <= high:
+            # more than three significant digits is out of range: no huge integer is built from a damaged file
+            digits = field.lstrip(b"+-").lstrip(b"0") or b"0"
+            value = (-int(digits) if field[:1] == b"-" else int(digits)) if len(digits) <= 3 else None
+            if value is None or not low <= value <= high:
                 what = "label" if is_label else "pixel value"
-                raise CsvFormatError(path, f"{what} {value} is outside {low}..{high}", line_no, column + 1,
+                shown = value if value is not None else _shorten(field).strip("'")
+                raise CsvFormatError(path, f"{what} {shown} is outside {low}..{high}", line_no, column + 1,
                                      columns[column])
             values[offset, column] = value
     return values
@@ -322,7 +376,7 @@ def read_submission(path: str | os.PathLike, expected_rows: int | None = None) -
     path = Path(path)
     text = _read_csv_bytes(path)
     lines = text.split(b"\n")[:-1]
-    header = _header_names(lines[0])
+    header = _header_names(lines[0], 3)
     if header != list(SUBMISSION_HEADER):
         raise CsvFormatError(path, f"header must be 'ImageId,Label', found {_shorten(lines[0])}", line=1)
     if len(lines) < 2:

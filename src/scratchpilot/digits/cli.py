@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import options
 from ..errors import CommandError
-from ..util.files import write_json_result
+from ..util.files import save_or_rescue, write_json_result
 
 DATA_HELP = ("dataset: mnist, mnist-test, fashion, fashion-test, or a path "
              "(Kaggle CSV, .csv.gz, or an IDX images file with its labels file beside it)")
@@ -28,60 +29,64 @@ def add_parser(subparsers) -> None:
     p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
                    help="mlp: 784-512-256-10 ReLU (default); cnn: three conv+BatchNorm+pool stages, "
                         "augmented training (about 20 min on 2 cores)")
-    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+    p.add_argument("--ensemble", type=options.positive_int, default=1, metavar="N",
                    help="train N models from different seeds and save them as one ensemble that averages "
                         "their probabilities (default 1)")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--epochs", type=options.positive_int, help="override the number of epochs")
     p.add_argument("--validate", default="mnist-test",
                    help="dataset to report accuracy on after each epoch ('none' to skip; default mnist-test)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="model.npz", help="where to save the model (default model.npz)")
-    p.add_argument("--json", metavar="PATH", help="write the training figures as JSON")
+    p.add_argument("--seed", type=options.seed, default=0)
+    p.add_argument("--out", type=options.model_file, default="model.npz",
+                   help="where to save the model (default model.npz)")
+    p.add_argument("--json", type=options.json_file, metavar="PATH", help="write the training figures as JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, confusion matrix, per-class precision/recall/F1")
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="mnist-test", help=DATA_HELP + " (default: mnist-test)")
-    p.add_argument("--plot", metavar="PNG", help="save a confusion-matrix figure")
+    p.add_argument("--plot", type=options.figure_file, metavar="PNG",
+                   help="save a confusion-matrix figure (.png, .svg or .pdf)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities of each image and its four "
                         "one-pixel shifts")
-    p.add_argument("--json", metavar="PATH", help="write accuracy, n, confusion and per-class figures as JSON")
+    p.add_argument("--json", type=options.json_file, metavar="PATH",
+                   help="write accuracy, n, confusion and per-class figures as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("combine", help="save several trained digits models as one ensemble model file")
     p.add_argument("models", nargs="+", help="model files (same inputs and outputs)")
-    p.add_argument("--out", required=True, help="the ensemble's model file")
+    p.add_argument("--out", type=options.model_file, required=True, help="the ensemble's model file")
     p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("predict", help="predict labels for every image of a dataset")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--out", default="predictions.csv", help="CSV ImageId,Label (default predictions.csv)")
+    p.add_argument("--out", type=options.csv_file, default="predictions.csv",
+                   help="CSV ImageId,Label (default predictions.csv)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("kaggle", help="Kaggle Digit Recognizer: train (or load), predict, write submission")
     p.add_argument("--train", help="Kaggle train.csv (label first); needed unless --model is given")
     p.add_argument("--test", required=True, help="Kaggle test.csv (pixels only)")
-    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--out", type=options.csv_file, default="submission.csv")
     p.add_argument("--model", help="use this model instead of training one")
-    p.add_argument("--save-model", metavar="PATH", help="save the trained model here")
+    p.add_argument("--save-model", type=options.model_file, metavar="PATH", help="save the trained model here")
     p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp", help="network to train (default mlp)")
-    p.add_argument("--holdout", type=float, default=0.1,
-                   help="fraction of train.csv held out to report validation accuracy (default 0.1)")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--holdout", type=options.number(0.0, 1.0, hi_open=True), default=0.1,
+                   help="fraction of train.csv held out to report validation accuracy, 0 ≤ F < 1 (default 0.1)")
+    p.add_argument("--epochs", type=options.positive_int, help="override the number of epochs")
     p.add_argument("--labels", metavar="DATASET",
                    help="score the submission against this dataset's labels (e.g. mnist-test when the test "
                         "CSV was made with 'scratchpilot data export-csv mnist-test test.csv --no-labels')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--seed", type=options.seed, default=0)
+    p.add_argument("--json", type=options.json_file, metavar="PATH")
     p.set_defaults(func=cmd_kaggle)
 
     p = sub.add_parser("export-images", help="one PNG per row, in one folder per label")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", type=options.output_folder, help="output folder")
     p.add_argument("--format", choices=["png", "jpg"], default="png")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=options.positive_int, help="only the first N images")
     p.set_defaults(func=cmd_export_images)
 
 
@@ -96,16 +101,12 @@ def _load_dataset(spec: str):
 
 def _load_model(path: str):
     from .. import nn
+    from .models import load_digits_model
 
     try:
-        model = nn.load(path)
+        return load_digits_model(path)
     except nn.ModelFileError as exc:
         raise CommandError(str(exc)) from None
-    if model.n_inputs != 784 or model.input_shape not in (None, (784,)):
-        shape = model.input_shape or (model.n_inputs,)
-        raise CommandError(f"{path}: not a digits model (it takes inputs of shape {shape}; digits models take "
-                           f"the 784 features of a 28×28 image, and a CNN reshapes them itself)")
-    return model
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -125,8 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation = (val_set.images, val_set.labels)
     if args.blog and args.arch == "cnn":
         raise CommandError("--blog is the tutorial's MLP; it cannot be combined with --arch cnn")
-    if args.ensemble < 1:
-        raise CommandError(f"--ensemble must be at least 1, got {args.ensemble}")
     config = models.BLOG if args.blog else models.CNN if args.arch == "cnn" else models.BEST
     epochs = args.epochs or config.epochs
     print(f"training the {config.name} network on {train_set.name} ({len(train_set.labels):,d} images), "
@@ -162,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.ensemble == 1:
             result["validation_history"] = model.history["val_accuracy"]
         print(f"{args.validate} accuracy: {acc:.2%}  ({seconds:.1f} s)")
-    model.save(args.out)
+    save_or_rescue(model.save, args.out, "trained model")
     print(f"saved {args.out}")
     write_json_result(args.json, {**result, "model": str(args.out)})
     return 0
@@ -172,11 +171,11 @@ def evaluate_model(model, dataset, tta: bool = False) -> dict:
     """Accuracy (with a 95% interval), confusion matrix and per-class figures of a model on a dataset."""
     from ..data import to_features
     from .metrics import confusion_matrix, per_class_report, wilson_interval
-    from .models import predict_proba_tta
+    from .models import digits_metadata, predict_proba_tta
 
     features = to_features(dataset.images)
     predictions = (predict_proba_tta(model, features) if tta else model.predict_proba(features)).argmax(axis=1)
-    labels = model.metadata.get("labels") or [str(i) for i in range(model.n_outputs)]
+    labels = digits_metadata(model, "the model").labels
     confusion = confusion_matrix(dataset.labels, predictions, len(labels))
     correct = int(confusion.trace())
     n = int(confusion.sum())
@@ -215,15 +214,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .. import nn
 
-    members = []
+    members, first = [], None
     for path in args.models:
         model = _load_model(path)
+        first = model.metadata if first is None else first
         members.extend(getattr(model, "members", [model]))
     try:
         ensemble = nn.Ensemble(members)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    first = nn.load(args.models[0]).metadata
     ensemble.metadata = {k: v for k, v in first.items() if k not in ("test_accuracy", "validation_accuracy")}
     ensemble.metadata.update(ensemble=len(members), members=[str(p) for p in args.models])
     ensemble.save(args.out)
@@ -268,6 +267,9 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(args.seed)
         order = rng.permutation(len(labels))
         n_val = int(round(args.holdout * len(labels)))
+        if n_val >= len(labels):
+            raise CommandError(f"--holdout {args.holdout}: holds out all {len(labels):,d} rows of {args.train}, "
+                               f"leaving none to train on")
         val_idx, train_idx = order[:n_val], order[n_val:]
         config = models.CNN if args.arch == "cnn" else models.BEST
         model = models.train(config, images[train_idx], labels[train_idx], seed=args.seed, epochs=args.epochs)
@@ -278,7 +280,7 @@ def cmd_kaggle(args: argparse.Namespace) -> int:
             model.metadata["validation_accuracy"] = acc
         model.metadata["dataset"] = str(args.train)
         if args.save_model:
-            model.save(args.save_model)
+            save_or_rescue(model.save, args.save_model, "trained model")
     predictions = model.predict(to_features(test_images))
     write_submission(args.out, predictions)
     print(f"wrote {args.out}: {len(predictions):,d} rows (ImageId from 1)")

@@ -199,3 +199,72 @@ def ensure_default_model(progress: bool = True, config: TrainConfig = BEST) -> P
     model.metadata["test_dataset"] = "mnist-test"
     model.save(path)
     return path
+
+
+@dataclass(frozen=True)
+class DigitsMetadata:
+    """The metadata fields the digits apps (evaluate, report, the web page) read, each of its type."""
+
+    labels: list[str]
+    test_accuracy: float | None = None
+    test_dataset: str | None = None
+    dataset: str | None = None
+    n_train: int | None = None
+    seed: int | None = None
+    trained_at: str | None = None
+    train_config: dict | None = None
+    preprocessing: dict | None = None
+
+
+def digits_metadata(model, path) -> DigitsMetadata:
+    """``model``'s metadata checked field by field (the one place that does, for every digits app): a
+    wrong type raises :class:`~scratchpilot.nn.ModelFileError` naming ``path`` and the field. Missing
+    fields are None; missing labels are the output indices."""
+    meta = model.metadata if isinstance(model.metadata, dict) else {}
+    n_out = model.n_outputs or 0
+
+    def bad(field: str, wanted: str) -> nn.ModelFileError:
+        text = repr(meta.get(field))
+        return nn.ModelFileError(f"{path}: metadata field {field!r} must be {wanted}, got "
+                                 f"{text if len(text) <= 80 else text[:80] + '...'}")
+
+    def typed(field: str, kind, wanted: str, check=lambda v: True):
+        value = meta.get(field)
+        if value is not None and not (isinstance(value, kind) and not isinstance(value, bool) and check(value)):
+            raise bad(field, wanted)
+        return value
+
+    task = meta.get("task")
+    if task not in (None, "digits"):
+        raise nn.ModelFileError(f"{path}: not a digits model (its metadata says task {task!r})")
+    labels = meta.get("labels")
+    if labels is None:
+        labels = [str(i) for i in range(n_out)]
+    elif not (isinstance(labels, list) and len(labels) == n_out
+              and all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in labels)):
+        raise bad("labels", f"a list of {n_out} label names (one per output)")
+    accuracy = typed("test_accuracy", (int, float), "a number from 0 to 1", lambda v: 0 <= v <= 1)
+    config = typed("train_config", dict, "an object (the training settings)")
+    if config is not None:
+        for key, kind, wanted in (("name", str, "a string"), ("epochs", int, "a whole number")):
+            value = config.get(key)
+            if value is not None and not (isinstance(value, kind) and not isinstance(value, bool)):
+                raise bad("train_config", f"an object whose {key!r} is {wanted}")
+    return DigitsMetadata(
+        labels=[str(n) for n in labels], test_accuracy=None if accuracy is None else float(accuracy),
+        test_dataset=typed("test_dataset", str, "a string"), dataset=typed("dataset", str, "a string"),
+        n_train=typed("n_train", int, "a whole number ≥ 0", lambda v: v >= 0),
+        seed=typed("seed", int, "a whole number"), trained_at=typed("trained_at", str, "a string"),
+        train_config=config, preprocessing=typed("preprocessing", dict, "an object (the preprocessing)"))
+
+
+def load_digits_model(path):
+    """A digits model from ``path``, its inputs and metadata checked; raises
+    :class:`~scratchpilot.nn.ModelFileError` naming the file and what is wrong."""
+    model = nn.load(path)
+    if model.n_inputs != 784 or model.input_shape not in (None, (784,)):
+        shape = model.input_shape or (model.n_inputs,)
+        raise nn.ModelFileError(f"{path}: not a digits model (it takes inputs of shape {shape}; digits models "
+                                f"take the 784 features of a 28×28 image, and a CNN reshapes them itself)")
+    digits_metadata(model, path)
+    return model

@@ -168,8 +168,8 @@ class Conv2D(_SpatialLayer):
         self.params = {"W": W, "b": np.zeros(self.out_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    def parameter_count(self) -> int:
-        return self.kernel[0] * self.kernel[1] * self.in_channels * self.out_channels + self.out_channels
+    def array_shapes(self):
+        return {"W": (*self.kernel, self.in_channels, self.out_channels), "b": (self.out_channels,)}, {}
 
     def output_shape(self, input_shape):
         return self._spatial_output(input_shape, self.out_channels)
@@ -275,8 +275,8 @@ class DepthwiseConv2D(_SpatialLayer):
         self.params = {"W": W, "b": np.zeros(self.in_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    def parameter_count(self) -> int:
-        return (self.kernel[0] * self.kernel[1] + 1) * self.in_channels
+    def array_shapes(self):
+        return {"W": (*self.kernel, self.in_channels), "b": (self.in_channels,)}, {}
 
     def output_shape(self, input_shape):
         return self._spatial_output(input_shape, self.in_channels)

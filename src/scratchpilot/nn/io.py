@@ -22,17 +22,12 @@ import datetime as _dt
 import json
 import math
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from . import activations, conv, layers, norm, optim, pooling
-
-FORMAT = "scratchpilot-model"
-FORMAT_VERSION = 2
-CONFIG_KEY = "config.json"
+from .archive import CONFIG_KEY, FORMAT, FORMAT_VERSION, Archive, ModelFileError, brief
 
 _LAYER_TYPES = {cls.__name__: cls for cls in (
     layers.Dense, layers.Dropout, layers.Flatten, layers.Reshape, activations.Sigmoid, activations.Tanh,
@@ -41,10 +36,6 @@ _LAYER_TYPES = {cls.__name__: cls for cls in (
 _OPTIMIZERS = {"SGD": optim.SGD, "Adam": optim.Adam}
 #: the largest size of one dimension of ``input_shape`` a model file may declare
 MAX_DIMENSION = 1 << 24
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be loaded; the message names the file and the problem."""
 
 
 def _jsonable(value):
@@ -62,6 +53,10 @@ def _jsonable(value):
 def save(model, path) -> None:
     """Write ``model`` (a ``Sequential`` or an ``Ensemble``) atomically (temp file + rename) to ``path``."""
     path = Path(path)
+    values = sum(layer.parameter_count() for m in getattr(model, "members", [model]) for layer in m.layers)
+    if values > MAX_VALUES:  # load would refuse the file: say so before writing it
+        raise ValueError(f"{path}: the model holds {values:,d} parameter values, more than the {MAX_VALUES:,d} "
+                         f"a model file may hold")
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,15 +104,15 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
 
 def _build_layer(cfg: dict, where: str):
     if not isinstance(cfg, dict) or not isinstance(cfg.get("type"), str) or cfg["type"] not in _LAYER_TYPES:
-        raise ModelFileError(f"{where}: unknown layer {cfg!r}; known: {sorted(_LAYER_TYPES)}")
+        raise ModelFileError(f"{where}: unknown layer {brief(cfg)}; known: {sorted(_LAYER_TYPES)}")
     kwargs = {k: v for k, v in cfg.items() if k not in ("type", "trainable")}
     trainable = cfg.get("trainable", True)
     if not isinstance(trainable, bool):
-        raise ModelFileError(f"{where}: 'trainable' must be true or false, got {trainable!r}")
+        raise ModelFileError(f"{where}: 'trainable' must be true or false, got {brief(trainable)}")
     try:
         layer = _LAYER_TYPES[cfg["type"]](**kwargs)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ModelFileError(f"{where}: invalid layer {cfg!r}: {exc}") from None
+        raise ModelFileError(f"{where}: invalid layer {brief(cfg)}: {brief(str(exc), 300)}") from None
     layer.trainable = trainable
     return layer
 
@@ -139,228 +134,153 @@ def _build_optimizer(cfg: dict | None):
 
 def read_config(path) -> dict:
     """Read and check just the JSON config of a model file."""
-    with _Archive(Path(path)) as archive:
+    with Archive(Path(path)) as archive:
         return archive.config
 
 
-#: the largest config a model file may carry (its history and metadata included)
-MAX_CONFIG_BYTES = 16 << 20
-#: room for an .npy header beyond an array's data
-NPY_HEADER_BYTES = 1 << 16
-#: what can go wrong reading a zip of .npy files: truncation, a corrupt or unsupported compression, bad
-#: headers (ValueError also covers object arrays, which allow_pickle=False refuses), absurd sizes
-_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
-                NotImplementedError, RuntimeError, zlib.error, MemoryError, OverflowError)
-
-
-class _Archive:
-    """A model ``.npz`` read in order of trust: the config first, then each array's ``.npy`` header (shape
-    and dtype), and an array's data only once its header matches what the layer needs — so a crafted
-    entry (a deflate bomb, a header claiming 10¹³ values) is refused before anything is allocated for it.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> _Archive:
-        path = self.path
-        if not path.exists():
-            raise ModelFileError(f"{path}: no such model file")
-        try:
-            with open(path, "rb") as fh:
-                bare = fh.read(6) == b"\x93NUMPY"
-            if bare:
-                raise ModelFileError(f"{path}: not a scratchpilot model (a bare .npy array, not an .npz)")
-            self.zip = zipfile.ZipFile(path)
-        except _READ_ERRORS as exc:
-            raise self._unreadable(exc) from None
-        self._headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-        infos = {info.filename: info for info in self.zip.infolist()}
-        self.infos = {name[:-4]: info for name, info in infos.items() if name.endswith(".npy")}
-        if CONFIG_KEY not in self.infos:
-            self.zip.close()
-            raise ModelFileError(f"{path}: not a scratchpilot model (no {CONFIG_KEY} entry; "
-                                 f"entries: {sorted(infos)[:5]})")
-        try:
-            self.config = self._read_config()
-        except BaseException:
-            self.zip.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.zip.close()
-
-    def _unreadable(self, exc: BaseException) -> ModelFileError:
-        return ModelFileError(f"{self.path}: not a readable scratchpilot model file (truncated or corrupted?): "
-                              f"{type(exc).__name__}: {exc}")
-
-    def names(self) -> set[str]:
-        """The array entries (the config left out)."""
-        return set(self.infos) - {CONFIG_KEY}
-
-    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        """``(shape, dtype)`` from the entry's .npy header, reading nothing else (read once per entry)."""
-        if name not in self._headers:
-            self._headers[name] = self._read_header(name)
-        return self._headers[name]
-
-    def _read_header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        try:
-            with self.zip.open(self.infos[name]) as fh:
-                version = np.lib.format.read_magic(fh)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(fh)
-        except _READ_ERRORS as exc:
-            raise self._unreadable(exc) from None
-        if dtype.hasobject:
-            raise ModelFileError(f"{self.path}: array {name} holds Python objects (refused: never unpickled)")
-        return tuple(shape), dtype
-
-    def read(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """The entry's data, after checking its header against ``shape`` and ``dtype``."""
-        got_shape, got_dtype = self.header(name)
-        if got_shape != tuple(shape):
-            raise ModelFileError(f"{self.path}: array {name} has shape {got_shape}, needs {tuple(shape)}")
-        if got_dtype != dtype:
-            raise ModelFileError(f"{self.path}: array {name} has dtype {got_dtype}, expected {dtype}")
-        needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if self.infos[name].file_size > needed + NPY_HEADER_BYTES:
-            raise ModelFileError(f"{self.path}: array {name} unpacks to {self.infos[name].file_size:,d} bytes "
-                                 f"for {needed:,d} bytes of data (tampered?)")
-        try:
-            with self.zip.open(self.infos[name]) as fh:
-                return np.lib.format.read_array(fh, allow_pickle=False)
-        except _READ_ERRORS as exc:
-            raise self._unreadable(exc) from None
-
-    def _read_config(self) -> dict:
-        path = self.path
-        shape, dtype = self.header(CONFIG_KEY)
-        if dtype != np.uint8 or len(shape) != 1:
-            raise ModelFileError(f"{path}: {CONFIG_KEY} must be a 1-D uint8 array, got {dtype} {shape}")
-        if shape[0] > MAX_CONFIG_BYTES:
-            raise ModelFileError(f"{path}: {CONFIG_KEY} is {shape[0]:,d} bytes, more than the "
-                                 f"{MAX_CONFIG_BYTES:,d} a model config may take")
-        raw = self.read(CONFIG_KEY, shape, dtype)
-        try:
-            config = json.loads(raw.tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-            raise ModelFileError(f"{path}: config is not valid UTF-8 JSON: {type(exc).__name__}: {exc}") from None
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise ModelFileError(f"{path}: not a scratchpilot model (format is "
-                                 f"{config.get('format') if isinstance(config, dict) else config!r})")
-        version = config.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise ModelFileError(f"{path}: bad format_version {version!r}")
-        if version > FORMAT_VERSION:
-            raise ModelFileError(f"{path}: written by a newer scratchpilot (format version {version}); "
-                                 f"this one reads up to {FORMAT_VERSION}: upgrade scratchpilot")
-        return config
-
+#: the most layers a model file may describe, all ensemble members together (the digits CNN has 19)
+MAX_LAYERS = 1024
+#: the most parameter and state values a model file may hold (256 MiB in float32; the digits CNN holds
+#: 0.4 million): loading costs about twice what the arrays take (the parameters and their gradients)
+MAX_VALUES = 1 << 26
 
 def load(path):
     """Load a model saved by :meth:`Sequential.save` (or an :class:`~scratchpilot.nn.Ensemble`); raises
-    :class:`ModelFileError` on any problem."""
+    :class:`ModelFileError` on any problem.
+
+    Everything is checked before anything large is allocated: the config, the whole architecture (every
+    member of an ensemble) against every array header, no entry left over, and the total size against
+    :data:`MAX_VALUES`; then the models are built and their arrays read straight into their buffers."""
     from .ensemble import Ensemble
 
     path = Path(path)
-    with _Archive(path) as archive:
-        return _load(archive, archive.config, path, Ensemble)
-
-
-def _load(archive: _Archive, config: dict, path: Path, Ensemble):
+    with Archive(path) as archive:
+        config = archive.config
+        if "ensemble" in config:
+            members_cfg = config["ensemble"]
+            if not isinstance(members_cfg, list) or not members_cfg:
+                raise ModelFileError(f"{path}: ensemble lists no members")
+            for k, cfg in enumerate(members_cfg):
+                if not isinstance(cfg, dict):
+                    raise ModelFileError(f"{path}: ensemble member {k} is not a model config")
+            plans = [_Plan(cfg, archive, f"m{k}.", f"member {k}: ") for k, cfg in enumerate(members_cfg)]
+        else:
+            plans = [_Plan(config, archive, "", "")]
+        layers_total = sum(len(plan.layers) for plan in plans)
+        if layers_total > MAX_LAYERS:
+            raise ModelFileError(f"{path}: {layers_total:,d} layers, more than the {MAX_LAYERS:,d} a model file "
+                                 f"may describe")
+        extra = archive.names() - set().union(*(plan.expected for plan in plans))
+        if extra:
+            raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
+        values = sum(plan.values for plan in plans)
+        if values > MAX_VALUES:
+            raise ModelFileError(f"{path}: holds {values:,d} parameter values, more than the {MAX_VALUES:,d} a "
+                                 f"model file may hold")
+        members = [plan.build(archive) for plan in plans]
     if "ensemble" in config:
-        members_cfg = config["ensemble"]
-        if not isinstance(members_cfg, list) or not members_cfg:
-            raise ModelFileError(f"{path}: ensemble lists no members")
-        expected: set[str] = set()
-        members = []
-        for k, cfg in enumerate(members_cfg):
-            if not isinstance(cfg, dict):
-                raise ModelFileError(f"{path}: ensemble member {k} is not a model config")
-            member, keys = _build_model(cfg, archive, path, f"m{k}.", f"member {k}: ")
-            members.append(member)
-            expected |= keys
         try:
             model = Ensemble(members)
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
     else:
-        model, expected = _build_model(config, archive, path, "", "")
-    extra = archive.names() - expected
-    if extra:
-        raise ModelFileError(f"{path}: unexpected arrays {sorted(extra)[:5]} (tampered or foreign file?)")
-    metadata = config.get("metadata") or {}
-    model.metadata = metadata if isinstance(metadata, dict) else {}
-    model.saved_at = config.get("saved_at")
+        model = members[0]
+    model.metadata = config.get("metadata") or {}
+    saved_at = config.get("saved_at")
+    model.saved_at = saved_at if isinstance(saved_at, str) else None
     return model
 
 
-def _build_model(config: dict, archive: _Archive, path: Path, prefix: str, who: str):
-    """One ``Sequential`` from its config and the arrays named ``{prefix}p{i}.{name}`` / ``s{i}.{name}``."""
-    from .losses import LOSSES
-    from .model import Sequential, infer_shapes
+class _Plan:
+    """One ``Sequential`` of a model file, checked but not yet built: its layers (without arrays), loss,
+    dtype and the arrays ``{prefix}p{i}.{name}`` / ``{prefix}s{i}.{name}`` it needs, each checked against
+    its header."""
 
-    where = f"{path}: {who}"
-    layer_cfgs = config.get("layers")
-    if not isinstance(layer_cfgs, list) or not layer_cfgs:
-        raise ModelFileError(f"{where}config has no layers")
-    built = [_build_layer(cfg, f"{where}layer {i}") for i, cfg in enumerate(layer_cfgs)]
-    input_shape = config.get("input_shape")
-    if input_shape is not None and not (isinstance(input_shape, list) and input_shape
-                                        and all(isinstance(d, int) and not isinstance(d, bool)
-                                                and 0 < d <= MAX_DIMENSION for d in input_shape)):
-        raise ModelFileError(f"{where}bad input_shape {input_shape!r} (positive sizes up to {MAX_DIMENSION:,d})")
-    try:
-        infer_shapes(built, input_shape)
-    except (ValueError, OverflowError) as exc:
-        raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
-    names = archive.names()
-    for i, layer in enumerate(built):  # refuse before allocating: a tampered config could ask for any size
-        own = sorted(key for key in names if key.startswith((f"{prefix}p{i}.", f"{prefix}s{i}.")))
-        headers = {key: archive.header(key) for key in own}
-        held = sum(math.prod(shape) for shape, _ in headers.values())
-        if layer.parameter_count() > held:
-            listed = ", ".join(f"{key} {headers[key][0]}" for key in own) or "none"
-            raise ModelFileError(f"{where}layer {i} ({layer!r}) needs {layer.parameter_count():,d} parameter "
-                                 f"values, the file holds {held:,d} for it (arrays: {listed}); tampered "
-                                 f"or truncated?")
-    loss_cfg = config.get("loss") or {}
-    loss_type = loss_cfg.get("type") if isinstance(loss_cfg, dict) else None
-    loss_cls = LOSSES.get(loss_type) if isinstance(loss_type, str) else None
-    if loss_cls is None:
-        raise ModelFileError(f"{where}unknown loss {loss_cfg!r}; known: {sorted(LOSSES)}")
-    dtype = config.get("dtype", "float32")
-    if dtype not in ("float32", "float64"):
-        raise ModelFileError(f"{where}unsupported dtype {dtype!r}")
-    try:
-        model = Sequential(built, loss=loss_cls(), optimizer=_build_optimizer(config.get("optimizer")),
-                           seed=0, dtype=dtype, input_shape=input_shape)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
-    expected = set()
-    for i, layer in enumerate(model.layers):
-        arrays_of_layer = [(f"{prefix}p{i}.{name}", param) for name, param in layer.params.items()]
-        arrays_of_layer += [(f"{prefix}s{i}.{name}", value) for name, value in layer.state.items()]
-        for key, param in arrays_of_layer:
-            expected.add(key)
-            if key not in names:
-                raise ModelFileError(f"{path}: missing array {key} for layer {i} ({layer!r})")
-            shape, dtype = archive.header(key)
-            if shape != param.shape:
-                raise ModelFileError(f"{path}: array {key} has shape {shape}, layer {i} ({layer!r}) "
-                                     f"needs {param.shape}")
-            value = archive.read(key, param.shape, param.dtype)
-            if not np.isfinite(value).all():
-                raise ModelFileError(f"{path}: array {key} contains NaN or infinite values")
-            if key.endswith(".running_var") and (value < 0).any():
-                raise ModelFileError(f"{path}: array {key} has negative variances")
-            param[...] = value
-    history = config.get("history") or {}
-    if isinstance(history, dict):
-        for key, values in history.items():
-            if isinstance(values, list):
-                model.history[key] = values
-    return model, expected
+    def __init__(self, config: dict, archive: Archive, prefix: str, who: str) -> None:
+        from .losses import LOSSES
+        from .model import infer_shapes
+
+        path = archive.path
+        where = f"{path}: {who}"
+        self.where, self.config = where, config
+        layer_cfgs = config.get("layers")
+        if not isinstance(layer_cfgs, list) or not layer_cfgs:
+            raise ModelFileError(f"{where}config has no layers")
+        if len(layer_cfgs) > MAX_LAYERS:
+            raise ModelFileError(f"{where}{len(layer_cfgs):,d} layers, more than the {MAX_LAYERS:,d} a model "
+                                 f"file may describe")
+        self.layers = [_build_layer(cfg, f"{where}layer {i}") for i, cfg in enumerate(layer_cfgs)]
+        input_shape = config.get("input_shape")
+        if input_shape is not None and not (isinstance(input_shape, list) and input_shape
+                                            and all(isinstance(d, int) and not isinstance(d, bool)
+                                                    and 0 < d <= MAX_DIMENSION for d in input_shape)):
+            raise ModelFileError(f"{where}bad input_shape {brief(input_shape)} (positive sizes up to "
+                                 f"{MAX_DIMENSION:,d})")
+        self.input_shape = input_shape
+        try:
+            infer_shapes(self.layers, input_shape)
+        except (ValueError, OverflowError) as exc:
+            raise ModelFileError(f"{where}inconsistent architecture: {exc}") from None
+        loss_cfg = config.get("loss") or {}
+        loss_type = loss_cfg.get("type") if isinstance(loss_cfg, dict) else None
+        self.loss_cls = LOSSES.get(loss_type) if isinstance(loss_type, str) else None
+        if self.loss_cls is None:
+            raise ModelFileError(f"{where}unknown loss {brief(loss_cfg)}; known: {sorted(LOSSES)}")
+        dtype = config.get("dtype", "float32")
+        if dtype not in ("float32", "float64"):
+            raise ModelFileError(f"{where}unsupported dtype {brief(dtype)}")
+        self.dtype = np.dtype(dtype)
+        self.history = _history(config.get("history"), where)
+        # every array the layers need, checked against its header: nothing is allocated yet
+        self.arrays: list[tuple[int, str, str, tuple[int, ...]]] = []  # (layer, "p"/"s", name, shape)
+        for i, layer in enumerate(self.layers):
+            params, state = layer.array_shapes()
+            for kind, shapes in (("p", params), ("s", state)):
+                for name, shape in shapes.items():
+                    archive.check(f"{prefix}{kind}{i}.{name}", shape, self.dtype, f"layer {i} ({layer!r})")
+                    self.arrays.append((i, kind, name, shape))
+        self.prefix = prefix
+        self.expected = {f"{prefix}{kind}{i}.{name}" for i, kind, name, _ in self.arrays}
+        self.values = sum(math.prod(shape) for *_, shape in self.arrays)
+
+    def build(self, archive: Archive):
+        """The ``Sequential``, its arrays read from the archive straight into its parameter buffer."""
+        from .model import Sequential
+
+        # read-only stand-ins that take no memory: Sequential packs them into the one buffer it allocates
+        # for all parameters (and one for their gradients), and the file's values are read into that
+        zero = np.zeros((), self.dtype)
+        for i, kind, name, shape in self.arrays:
+            layer = self.layers[i]
+            if kind == "p":
+                layer.params[name] = np.broadcast_to(zero, shape)
+            else:
+                layer.state[name] = np.empty(shape, self.dtype)
+        try:
+            model = Sequential(self.layers, loss=self.loss_cls(), optimizer=_build_optimizer(
+                self.config.get("optimizer")), seed=0, dtype=self.dtype, input_shape=self.input_shape)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ModelFileError(f"{self.where}inconsistent architecture: {exc}") from None
+        for i, kind, name, _ in self.arrays:
+            layer = model.layers[i]
+            key = f"{self.prefix}{kind}{i}.{name}"
+            target = layer.params[name] if kind == "p" else layer.state[name]
+            archive.read_into(key, target)
+            if name == "running_var" and (target < 0).any():
+                raise ModelFileError(f"{archive.path}: array {key} has negative variances")
+        model.history.update(self.history)
+        return model
+
+
+def _history(history, where: str) -> dict[str, list[float]]:
+    """The saved training history: per metric name, a list of finite numbers (one per epoch)."""
+    if history is None:
+        return {}
+    if not isinstance(history, dict):
+        raise ModelFileError(f"{where}history must be a JSON object, got {brief(history)}")
+    for key, values in history.items():
+        if not (isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and math.isfinite(v) for v in values)):
+            raise ModelFileError(f"{where}history[{key!r}] must be a list of finite numbers, got "
+                                 f"{brief(values)}")
+    return {key: list(values) for key, values in history.items()}

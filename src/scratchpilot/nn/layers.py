@@ -41,9 +41,15 @@ class Layer:
     def build(self, rng: np.random.Generator, dtype) -> None:
         """Create parameters (called by :class:`~scratchpilot.nn.Sequential` for a layer not yet built)."""
 
+    def array_shapes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """The shapes ``build`` gives ``params`` and ``state``, known from the arguments alone (nothing is
+        allocated, so a loader can check a file's arrays against them first)."""
+        return {}, {}
+
     def parameter_count(self) -> int:
         """How many parameters and state values ``build`` will create (known from the arguments alone)."""
-        return 0
+        params, state = self.array_shapes()
+        return sum(math.prod(shape) for shape in (*params.values(), *state.values()))
 
     def input_shape_hint(self) -> tuple[int, ...] | None:
         """The per-example input shape this layer needs, if it alone determines it (Dense: ``(n_in,)``)."""
@@ -105,8 +111,8 @@ class Dense(Layer):
         self.params = {"W": W, "b": b}
         self.grads = {"W": np.zeros_like(W), "b": np.zeros_like(b)}
 
-    def parameter_count(self) -> int:
-        return self.n_in * self.n_out + self.n_out
+    def array_shapes(self):
+        return {"W": (self.n_in, self.n_out), "b": (self.n_out,)}, {}
 
     def input_shape_hint(self):
         return (self.n_in,)

@@ -46,8 +46,9 @@ class BatchNorm(Layer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.state = {"running_mean": np.zeros(f, dtype=dtype), "running_var": np.ones(f, dtype=dtype)}
 
-    def parameter_count(self) -> int:
-        return 4 * self.n_features
+    def array_shapes(self):
+        f = (self.n_features,)
+        return {"gamma": f, "beta": f}, {"running_mean": f, "running_var": f}
 
     def output_shape(self, input_shape):
         if not input_shape or input_shape[-1] != self.n_features:

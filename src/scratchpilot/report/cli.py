@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from .. import options
 from ..errors import CommandError
 from ..util.files import write_atomic, write_json_result
 
@@ -33,9 +33,12 @@ def add_parser(subparsers) -> None:
     data.add_argument("--compare", metavar="DATASET",
                       help="a second split to check for leakage and shift against (default: mnist-test for "
                            "mnist, fashion-test for fashion; 'none' for no comparison)")
-    data.add_argument("--out", default="data-report.html", type=Path, help="HTML file (default data-report.html)")
-    data.add_argument("--json", metavar="PATH", type=Path, help="write the report's figures and findings as JSON")
-    data.add_argument("--seed", type=int, default=0, help="seed for the samples shown and the neighbour search")
+    data.add_argument("--out", default="data-report.html", type=options.output_file(".html"),
+                      help="HTML file (default data-report.html)")
+    data.add_argument("--json", metavar="PATH", type=options.json_file,
+                      help="write the report's figures and findings as JSON")
+    data.add_argument("--seed", type=options.seed, default=0,
+                      help="seed for the samples shown and the neighbour search")
     data.add_argument("--no-progress", action="store_true", help="no progress bars")
     data.set_defaults(func=cmd_data)
 
@@ -46,9 +49,9 @@ def add_parser(subparsers) -> None:
                                             "for pilots (on a folder of driving sessions).")
     model.add_argument("model", metavar="MODEL", help="a model file (.npz) written by scratchpilot")
     model.add_argument("dataset", metavar="DATASET", help=DATA_HELP)
-    model.add_argument("--out", default="model-report.html", type=Path,
+    model.add_argument("--out", default="model-report.html", type=options.output_file(".html"),
                        help="HTML file (default model-report.html)")
-    model.add_argument("--json", metavar="PATH", type=Path, help="write the report's figures as JSON")
+    model.add_argument("--json", metavar="PATH", type=options.json_file, help="write the report's figures as JSON")
     model.add_argument("--no-progress", action="store_true", help="no progress bars")
     model.set_defaults(func=cmd_model)
 

@@ -125,6 +125,7 @@ def check_split(split: ImageSplit, rng: np.random.Generator, progress: bool = Tr
             ("not_integer", "value that is not an integer", "values that are not integers"),
             ("column_count", "line with the wrong number of columns", "lines with the wrong number of columns"),
             ("empty_line", "empty line", "empty lines"), ("header", "header problem", "header problems"),
+            ("damaged", "damaged gzip stream", "damaged gzip streams"),
             ("unreadable", "unreadable image file", "unreadable image files"),
             ("size", "image of an odd size", "images of an odd size")):
         items = [p for p in split.problems if p["kind"] == kind]

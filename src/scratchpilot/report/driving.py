@@ -39,8 +39,11 @@ def is_sessions_folder(spec: str) -> bool:
     if not path.is_dir():
         return False
     from ..car.sessions import is_session
+    from ..car.sessions.reader import missing_manifests
 
-    return is_session(path) or any(p.is_dir() and is_session(p) for p in path.iterdir())
+    # a folder of chunks that lost its manifest is still sessions: the report says so
+    return is_session(path) or any(p.is_dir() and is_session(p) for p in path.iterdir()) or \
+        bool(missing_manifests(path))
 
 
 @dataclass
@@ -51,6 +54,7 @@ class _SessionInfo:
     path: Path
     session: object = None  # scratchpilot.car.sessions.Session, None when unreadable
     error: str | None = None
+    no_manifest: bool = False  # a folder of chunks without a manifest
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     episodes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -59,28 +63,40 @@ class _SessionInfo:
 
 
 def _open_sessions(root: Path) -> list[_SessionInfo]:
+    """Every session under ``root``, read through the session reader: one that cannot be opened keeps its
+    error, one with damaged chunks keeps the rest (the chunks' problems are in ``session.damaged``)."""
     from ..car.sessions import Session, SessionError, list_sessions
+    from ..car.sessions.reader import missing_manifests, no_manifest_message
 
     try:
         paths = list_sessions(root)
-    except SessionError as exc:
+        lost = missing_manifests(root)
+    except (SessionError, OSError) as exc:
         raise SessionReportError(str(exc)) from None
-    if not paths:
+    if not paths and not lost:
         raise SessionReportError(f"{root}: no driving sessions (folders with a manifest.json) here")
-    infos = []
+    infos = [_SessionInfo(name=path.name, path=path, error=no_manifest_message(path, root), no_manifest=True)
+             for path in lost]
     for path in paths:
         info = _SessionInfo(name=path.name, path=path)
         try:
-            session = Session.open(path)
-            problems = session.verify()
-            if problems:
-                raise SessionError("; ".join(problems))
+            session = Session.open(path, warn=None)  # damaged chunks become findings
+            session.verify()
             info.session = session
             info.labels, info.timestamps, info.episodes = session.labels, session.timestamps, session.episodes
         except SessionError as exc:
             info.error = str(exc)
         infos.append(info)
-    return infos
+    return sorted(infos, key=lambda info: info.name)
+
+
+def _repaired_losses(meta: dict) -> list | None:
+    """What a manifest rebuilt by ``car sessions --repair`` could not recover, or None for a recorded one."""
+    repaired = meta.get("repaired")
+    if repaired is None:
+        return None
+    lost = repaired.get("lost") if isinstance(repaired, dict) else None
+    return lost if isinstance(lost, list) and lost else ["(not recorded)"]
 
 
 def _timing(timestamps: np.ndarray, episodes: np.ndarray) -> dict:
@@ -131,8 +147,17 @@ def build_driving_report(root, seed: int = 0, out_name: str | None = None) -> Re
     readable = [i for i in infos if i.session is not None]
     findings: list[dict] = []
     for info in infos:
-        if info.error:
+        if info.no_manifest:
+            findings.append(_finding("no_manifest", "error", info.name, info.error, 1))
+        elif info.error:
             findings.append(_finding("unreadable_session", "error", info.name, f"cannot be read: {info.error}", 1))
+        elif info.session.damaged:
+            damaged = [c for c in info.session.chunks if c["file"] in info.session.damaged]
+            findings.append(_finding("damaged_chunks", "error", info.name,
+                                     f"{len(damaged)} chunk(s) cannot be read, {info.session.lost_frames:,d} frames "
+                                     "lost (the other chunks are used): " + "; ".join(
+                                         info.session.damaged[c["file"]] for c in damaged[:3]),
+                                     info.session.lost_frames))
     if not readable:
         raise SessionReportError(f"{root}: none of the {len(infos)} sessions can be read "
                                  f"(first: {infos[0].error})")
@@ -217,8 +242,10 @@ def build_driving_report(root, seed: int = 0, out_name: str | None = None) -> Re
             row.update({
                 "source": s.meta.get("source"), "driver": s.meta.get("driver"), "created_at": s.meta.get("created_at"),
                 "frame_shape": list(s.frame_shape or ()), "frames": int(len(info.labels)),
-                "total_frames": int(s.total_frames), "excluded_frames": int(s.total_frames - len(info.labels)),
+                "total_frames": int(s.total_frames), "lost_frames": int(s.lost_frames),
+                "excluded_frames": int(s.total_frames - len(info.labels) - s.lost_frames),
                 "episodes": int(len(np.unique(info.episodes))), "complete": bool(s.closed),
+                "repaired": _repaired_losses(s.meta),
                 "label_counts": np.bincount(info.labels, minlength=k).tolist(),
                 "duration_s": timing["duration_s"], "fps": timing["fps"],
                 "median_interval_s": timing["median_interval_s"], "gaps": timing["gaps"],
@@ -236,7 +263,11 @@ def build_driving_report(root, seed: int = 0, out_name: str | None = None) -> Re
         name = r["name"]
         if not r["frames"]:
             findings.append(_finding("empty_session", "warning", name, "holds no frames", 1))
-        if not r["complete"]:
+        if r["repaired"]:
+            findings.append(_finding("repaired_session", "warning", name,
+                                     "the manifest was rebuilt from the chunks (car sessions --repair); lost: "
+                                     + "; ".join(map(str, r["repaired"])), 1))
+        elif not r["complete"]:
             findings.append(_finding("incomplete_session", "warning", name,
                                      "the recording was interrupted (no clean close); its complete chunks are "
                                      "used", 1))

@@ -81,6 +81,17 @@ def _load_model(path):
         raise ModelReportError(f"{path}: no such model file") from None
 
 
+def _digits_labels(model, model_path) -> list[str]:
+    """The label names of a digits model, its metadata checked as every digits app checks it."""
+    from .. import nn
+    from ..digits.models import digits_metadata
+
+    try:
+        return digits_metadata(model, model_path).labels
+    except nn.ModelFileError as exc:
+        raise ModelReportError(str(exc)) from None
+
+
 def _digits_inputs(model, spec: str, progress: bool):
     """(features float32 (N, F), labels, display images, where(i), dataset name) of a digits dataset."""
     from ..data import to_features
@@ -98,7 +109,7 @@ def _digits_inputs(model, spec: str, progress: bool):
     return features, split.labels, split.images, split.locate, split.name, None
 
 
-def _pilot_inputs(model, spec: str):
+def _pilot_inputs(model, model_path, spec: str):
     """The same for a pilot (MLP or CNN) on a folder of driving sessions; also returns the session of each
     frame. The inputs are built as at drive time: the stored preprocessing, history and input layout."""
     from ..car.pilot import Pilot, model_inputs
@@ -107,8 +118,11 @@ def _pilot_inputs(model, spec: str):
 
     try:
         pilot = Pilot(model)
+    except ValueError as exc:  # not a pilot, or its metadata or preprocessing spec is unusable
+        raise ModelReportError(f"{model_path}: {exc}") from None
+    try:
         frames = load_frames([spec])
-    except ValueError as exc:  # a spec or session error, or not a pilot
+    except ValueError as exc:  # a session error
         raise ModelReportError(str(exc)) from None
     labels = pilot.labels
     if list(frames.label_names) != labels:
@@ -130,7 +144,7 @@ def _pilot_inputs(model, spec: str):
     def locate(i: int) -> str:
         return f"{session_of[i]} #{position[i]}"
 
-    return features, frames.labels, frames.features, locate, Path(spec).name, session_of
+    return features, frames.labels, frames.features, locate, Path(spec).name, session_of, labels
 
 
 def build_model_report(model_path, dataset_spec: str, progress: bool = True, out_name: str | None = None) -> Report:
@@ -142,18 +156,17 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
 
     started = time.perf_counter()
     model = _load_model(model_path)
-    metadata = model.metadata or {}
+    metadata = model.metadata
     pilot = is_sessions_folder(dataset_spec)
     try:
         if pilot:
-            features, labels, images, locate, dataset_name, groups = _pilot_inputs(model, dataset_spec)
+            features, labels, images, locate, dataset_name, groups, label_names = _pilot_inputs(
+                model, model_path, dataset_spec)
         else:
+            label_names = _digits_labels(model, model_path)
             features, labels, images, locate, dataset_name, groups = _digits_inputs(model, dataset_spec, progress)
     except ReportError as exc:
         raise ModelReportError(str(exc)) from None
-    label_names = [str(n) for n in (metadata.get("labels") or range(model.n_outputs))]
-    if len(label_names) != model.n_outputs:
-        raise ModelReportError(f"{model_path}: {model.n_outputs} outputs but {len(label_names)} label names")
     if labels.max(initial=0) >= model.n_outputs:
         raise ModelReportError(f"{dataset_name}: label {int(labels.max())} is beyond the model's "
                                f"{model.n_outputs} outputs")
@@ -211,10 +224,11 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
     for key in ("dataset", "trained_at", "n_train", "seed", "test_accuracy", "test_dataset"):
         if key in metadata:
             about.append((key.replace("_", " "), metadata[key]))
-    if "train_config" in metadata:
-        about.append(("training", ", ".join(f"{k}={v}" for k, v in metadata["train_config"].items())))
-    if "preprocessing" in metadata:
-        about.append(("preprocessing", ", ".join(f"{k}={v}" for k, v in metadata["preprocessing"].items())))
+    for key, name in (("train_config", "training"), ("preprocessing", "preprocessing")):
+        if key in metadata:  # settings shown as they are; a pilot's spec was checked by Pilot, a digits one here
+            value = metadata[key]
+            about.append((name, ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict)
+                          else value))
     model_html = H.key_values(about) + f"<h3>Layers</h3><pre class=\"mono\">{H.esc(model.summary())}</pre>"
 
     accuracy_html = [

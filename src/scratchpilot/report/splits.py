@@ -86,13 +86,19 @@ def _load_csv(path: Path) -> ImageSplit:
     from ..data import DIGIT_CLASS_NAMES, CsvFormatError, read_kaggle_csv
     from .lenient_csv import read_csv_lenient
 
-    if not path.is_file():
+    if not path.exists():
         raise ReportError(f"{path}: no such CSV file")
-    try:
-        pixels, labels = read_kaggle_csv(path)
+    strict = None
+    if path.is_file():  # a pipe can be read only once: it goes straight to the reader that lists every problem
+        try:
+            strict = read_kaggle_csv(path)
+        except CsvFormatError:
+            pass
+    if strict is not None:
+        pixels, labels = strict
         line_numbers = np.arange(2, len(pixels) + 2)
         problems, n_problems, counts, n_read = [], 0, {}, len(pixels)
-    except CsvFormatError:
+    else:
         try:
             lenient = read_csv_lenient(path)
         except (OSError, ValueError) as exc:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -107,6 +107,31 @@ def write_json_result(path: str | os.PathLike | None, document: Any) -> None:
     """What every ``--json PATH`` option writes: nothing when ``path`` is None or empty."""
     if path:
         write_json(path, document)
+
+
+def save_or_rescue(write: Callable[[Path], Any], path, what: str) -> Path:
+    """``write(path)``, and should that fail (the disk filled up, the folder went away), ``write`` to a rescue
+    file in the temp folder instead so that finished work (a trained model) is never lost; then raise a
+    :class:`~scratchpilot.errors.CommandError` naming both. Returns ``path`` when the first write succeeded.
+    """
+    import tempfile
+    import time
+
+    from ..errors import CommandError
+
+    path = Path(path)
+    try:
+        write(path)
+        return path
+    except OSError as first:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        rescue = Path(tempfile.gettempdir()) / f"scratchpilot-rescued-{stamp}-{os.getpid()}-{path.name}"
+        try:
+            write(rescue)
+        except OSError as second:
+            raise CommandError(f"cannot write the {what} to {path} ({first}), nor to {rescue} ({second})") from None
+        raise CommandError(f"cannot write the {what} to {path} ({first}); it was saved to {rescue} instead: "
+                           f"move it where you want it") from None
 
 
 def read_json(path, what: str, error: type[Exception] = ValueError) -> Any:

@@ -17,7 +17,9 @@ Routes
 ``GET /healthz``        liveness
 
 Every error is JSON ``{"error": message, "status": code}``: 400 bad input, 404, 405, 413 body over
-:data:`MAX_BODY_BYTES`, 415 wrong content type, 422 nothing drawn. Bad input never gives a 500.
+:data:`MAX_BODY_BYTES`, 415 wrong content type, 422 nothing drawn. Bad input never gives a 500. So are
+the errors waitress answers itself, before the app sees the request (malformed HTTP, a body far over
+the limit): see :mod:`.connections`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import nn
 from ..data import to_features
+from ..digits.models import digits_metadata, load_digits_model
 
 
 class DigitClassifier:
@@ -21,20 +22,15 @@ class DigitClassifier:
     Raises
     ------
     scratchpilot.nn.ModelFileError
-        If the file is missing, corrupt, or not a 784-input digits model.
+        If the file is missing, corrupt, not a 784-input digits model, or its metadata is of the wrong
+        types (checked by :func:`scratchpilot.digits.models.digits_metadata`).
     """
 
     def __init__(self, path):
         self.path = Path(path)
-        self.model = nn.load(self.path)
-        if self.model.n_inputs != 784:
-            raise nn.ModelFileError(f"{self.path}: expects {self.model.n_inputs} inputs; a digits model "
-                                    f"reads 28×28 = 784")
-        labels = self.model.metadata.get("labels")
-        n_out = self.model.n_outputs
-        if not (isinstance(labels, list) and len(labels) == n_out):
-            labels = [str(i) for i in range(n_out or 0)]
-        self.labels = [str(label) for label in labels]
+        self.model = load_digits_model(self.path)
+        self.metadata = digits_metadata(self.model, self.path)
+        self.labels = self.metadata.labels
         # Layers keep per-call state (activations for backprop), so concurrent forwards on one model would
         # race; one image takes tens of microseconds, so a lock costs nothing measurable.
         self._lock = threading.Lock()
@@ -49,22 +45,22 @@ class DigitClassifier:
         return int(probabilities.argmax()), np.round(probabilities.astype(np.float64), 6).tolist()
 
     def _describe(self) -> dict:
-        model, metadata = self.model, self.model.metadata
+        model, metadata = self.model, self.metadata
         # "784-512-256-10" for an MLP; a CNN's stages as "784-conv32-conv64-conv128-10"
         widths = [str(model.n_inputs)] + [f"conv{layer.out_channels}" if isinstance(layer, nn.Conv2D)
                                           else str(layer.n_out) for layer in model.layers
                                           if isinstance(layer, (nn.Dense, nn.Conv2D))]
         activations = sorted({type(layer).__name__ for layer in model.layers
                               if isinstance(layer, (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.LeakyReLU))})
-        config = metadata.get("train_config") if isinstance(metadata.get("train_config"), dict) else {}
+        config = metadata.train_config or {}
         history = model.history
-        accuracy = metadata.get("test_accuracy")
-        accuracy_on = metadata.get("test_dataset", "test set") if accuracy is not None else None
+        accuracy = metadata.test_accuracy
+        accuracy_on = (metadata.test_dataset or "test set") if accuracy is not None else None
         if accuracy is None and history.get("val_accuracy"):
             accuracy, accuracy_on = history["val_accuracy"][-1], "validation set"
         return {
             "file": self.path.name,
-            "name": str(config.get("name") or self.path.stem),
+            "name": config.get("name") or self.path.stem,
             "architecture": "-".join(widths) + (f" ×{len(model.members)}" if hasattr(model, "members") else ""),
             "activations": activations,
             "loss": type(model.loss).__name__,
@@ -73,8 +69,8 @@ class DigitClassifier:
             "accuracy": accuracy,
             "accuracy_on": accuracy_on,
             "epochs": len(history.get("loss", [])) or config.get("epochs"),
-            "n_train": metadata.get("n_train"),
-            "trained_at": metadata.get("trained_at"),
+            "n_train": metadata.n_train,
+            "trained_at": metadata.trained_at,
             "saved_at": getattr(model, "saved_at", None),
-            "preprocessing": metadata.get("preprocessing"),
+            "preprocessing": metadata.preprocessing,
         }

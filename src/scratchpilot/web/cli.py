@@ -6,10 +6,10 @@ command runs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
+from .. import options
 from ..errors import CommandError
 
 
@@ -22,27 +22,18 @@ def add_parser(subparsers) -> None:
                                    "on MNIST the first time (a few minutes)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
                                                        "every interface)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=options.port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     # Every thread of a process takes turns on one GIL, so more threads only reorder its queue; two gave a
     # lower p99 than one or four in a paired bench/serve_load.py run. The cores are used by worker processes,
     # each kept on one CPU: threads handing the GIL between cores are far slower (bench/results/notes.md).
-    p.add_argument("--threads", type=int, default=2, help="waitress threads per worker process (default 2)")
-    p.add_argument("--workers", type=int, default=2 if hasattr(os, "fork") else 1,
+    p.add_argument("--threads", type=options.integer(1, 256), default=2,
+                   help="waitress threads per worker process (default 2)")
+    p.add_argument("--workers", type=options.integer(1, 256), default=2 if hasattr(os, "fork") else 1,
                    help="server processes sharing the port (default 2 where the OS can fork, else 1; "
                         "about one per core gives the most requests per second)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the OS move worker processes between CPUs (default: each worker keeps one CPU)")
     p.set_defaults(func=cmd_serve)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
 
 
 def cmd_serve(args) -> int:
@@ -53,8 +44,6 @@ def cmd_serve(args) -> int:
     except ModuleNotFoundError as exc:
         raise CommandError(f"serve needs the web extra ({exc.name} is missing): pip install 'scratchpilot[web]'"
                            ) from None
-    if args.threads < 1 or args.workers < 1:
-        raise CommandError(f"--threads and --workers must be at least 1, got {args.threads} and {args.workers}")
     if args.model:
         model_path = args.model
     else:

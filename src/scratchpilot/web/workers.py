@@ -26,8 +26,8 @@ import threading
 import time
 import traceback
 
-#: open connections per worker beyond which the parent stops accepting (waitress's own default limit)
-CONNECTION_LIMIT = 100
+from .connections import CONNECTION_LIMIT, connection_limit
+
 #: at shutdown: how long answers already computed may take to go out, and how long workers get to exit
 DRAIN_S = 2.0
 STOP_TIMEOUT_S = 10.0
@@ -173,8 +173,10 @@ def _hand_out(listener: socket.socket, handoffs: list[socket.socket], closed_cou
     """
     handed = [0] * len(handoffs)
     turn = 0
+    # each worker's own limit (it sheds waiting connections before reaching it, so this rarely holds)
+    limit = min(CONNECTION_LIMIT, connection_limit())
     while not stopping.is_set():
-        if min(handed[i] - closed_counts[i] for i in range(len(handoffs))) >= CONNECTION_LIMIT:
+        if min(handed[i] - closed_counts[i] for i in range(len(handoffs))) >= limit:
             # every worker is full: leave new connections in the kernel's backlog until one closes
             time.sleep(0.01)
             continue
@@ -287,4 +289,5 @@ def serve_until_stopped(server, socket_map: dict, drain_s: float = DRAIN_S) -> N
                    if getattr(channel, "total_outbufs_len", 0)}
         if not pending:
             return
-        wasyncore.poll(0.05, pending)
+        # poll() where there is one: select() refuses descriptors above 1,023
+        (wasyncore.poll2 if hasattr(select, "poll") else wasyncore.poll)(0.05, pending)

@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ...util.files import write_json, write_json_result
+from ...util.files import save_or_rescue, write_json, write_json_result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
                                            rounds=rounds, dagger_episodes=dagger_episodes, arch=arch,
                                            max_steps=args.max_steps, log=lambda line: print(line, flush=True))
     model_path = out / "pilot.npz"
-    model.save(model_path)
+    save_or_rescue(model.save, model_path, "trained pilot")
     learn_s = time.perf_counter() - t0
 
     seeds = list(range(args.seed, args.seed + args.tracks))

@@ -19,12 +19,14 @@ def run(args: argparse.Namespace) -> int:
             path = import_tub(args.import_tub, args.root) if args.import_tub else \
                 import_autorccar(args.import_npz, args.root)
             print(f"imported {path}")
+        if args.repair:
+            _repair(args.root)
         if args.exclude:
-            name, start, stop = args.exclude
-            S.exclude(Path(args.root) / name, int(start), int(stop), args.reason)
+            name, start, stop = _frame_range("--exclude", args.exclude)
+            S.exclude(Path(args.root) / name, start, stop, args.reason)
         if args.restore:
-            name, start, stop = args.restore
-            S.restore(Path(args.root) / name, start=int(start), stop=int(stop))
+            name, start, stop = _frame_range("--restore", args.restore)
+            S.restore(Path(args.root) / name, start=start, stop=stop)
         rows = S.summarize(args.root)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
@@ -33,3 +35,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_range(option: str, values: list[str]) -> tuple[str, int, int]:
+    """``SESSION START STOP`` with START and STOP frame numbers, 0 ≤ START < STOP."""
+    name, start, stop = values
+    try:
+        first, end = int(start, 10), int(stop, 10)
+    except ValueError:
+        raise CommandError(f"{option} {name} {start} {stop}: START and STOP must be frame numbers "
+                           f"(integers)") from None
+    if not 0 <= first < end:
+        raise CommandError(f"{option} {name} {start} {stop}: needs 0 ≤ START < STOP")
+    return name, first, end
+
+
+def _repair(root) -> None:
+    """``--repair``: rebuild lost manifests and say what each rebuild could not recover."""
+    from ..sessions.repair import repair
+
+    results = repair(root)
+    if not results:
+        print(f"nothing to repair: every session folder in {root} has its manifest")
+    for result in results:
+        if "error" in result:
+            print(f"cannot rebuild {result['path']}: {result['error']}")
+            continue
+        print(f"rebuilt {result['manifest']}: {result['chunks']} chunks, {result['frames']:,d} frames")
+        for item in result["lost"]:
+            print(f"  lost: {item}")
+        for chunk in result["skipped_chunks"]:
+            print(f"  skipped {chunk['file']}: {chunk['reason']}")

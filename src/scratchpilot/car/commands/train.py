@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from ...errors import CommandError
-from ...util.files import write_json_result
+from ...util.files import save_or_rescue, write_json_result
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def run_train(args: argparse.Namespace) -> int:
                                     augmentation=augmentation, patience=args.patience)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    model.save(args.model)
+    save_or_rescue(model.save, args.model, "trained pilot")
     print(f"{args.arch}: {report['frames']:,d} frames, labels {report['label_counts']}")
     print(f"train accuracy {report['train_accuracy']:.2%}", end="")
     if report["validation_accuracy"] is not None:
@@ -52,10 +52,6 @@ def robustness_options(args: argparse.Namespace) -> tuple[dict, dict | None]:
         options["normalise"] = None if args.normalise == "none" else args.normalise
     if args.edges:
         options["edges"] = True
-    if args.patience is not None and args.patience < 1:
-        raise CommandError(f"--patience takes a number of epochs >= 1, got {args.patience}")
-    if args.augment < 0:
-        raise CommandError(f"--augment takes a number of copies >= 0, got {args.augment}")
     augmentation = {**DEFAULT_AUGMENTATION, "copies": args.augment} if args.augment else None
     return options, augmentation
 

@@ -19,7 +19,16 @@ import numpy as np
 
 from ...util.files import write_json
 from .format import EXCLUSIONS, SessionError
-from .reader import Session, excluded_mask, list_sessions, load_exclusions
+from .parse import read_chunk
+from .reader import (
+    Session,
+    chunk_files,
+    excluded_mask,
+    list_sessions,
+    load_exclusions,
+    missing_manifests,
+    no_manifest_message,
+)
 
 EXCLUSIONS_VERSION = 1
 
@@ -27,7 +36,7 @@ EXCLUSIONS_VERSION = 1
 def _open(session: Session | str | Path) -> Session:
     if isinstance(session, Session):
         return session
-    return Session.open(session)
+    return Session.open(session, warn=None)  # damaged chunks are listed, not warned about
 
 
 def _save_exclusions(path: Path, ranges: list[dict[str, Any]]) -> None:
@@ -135,18 +144,21 @@ def summarize_session(session: Session | str | Path) -> dict[str, Any]:
     labels, timestamps, episodes = opened.labels, opened.timestamps, opened.episodes
     counts = np.bincount(labels, minlength=len(opened.label_names))
     duration = _duration(timestamps, episodes) if len(labels) else 0.0
+    damaged = [{"file": chunk["file"], "frames": chunk["count"], "reason": opened.damaged[chunk["file"]]}
+               for chunk in opened.chunks if chunk["file"] in opened.damaged]
     return {
         "name": opened.name, "path": str(opened.path),
         "source": opened.meta.get("source"), "driver": opened.meta.get("driver"),
         "created_at": opened.meta.get("created_at"),
         "frame_shape": list(opened.frame_shape) if opened.frame_shape else None,
         "frames": int(len(labels)), "total_frames": opened.total_frames,
-        "excluded_frames": opened.total_frames - int(len(labels)),
+        "excluded_frames": opened.total_frames - int(len(labels)) - opened.lost_frames,
+        "lost_frames": opened.lost_frames, "damaged_chunks": damaged,
         "episodes": int(len(np.unique(episodes))), "chunks": len(opened.chunks),
         "duration_s": round(duration, 3),
         "fps": round(len(labels) / duration, 2) if duration > 0 else None,
         "label_counts": {name: int(n) for name, n in zip(opened.label_names, counts, strict=True)},
-        "complete": opened.closed, "error": None,
+        "complete": opened.closed, "repaired": "repaired" in opened.meta, "error": None,
     }
 
 
@@ -161,13 +173,29 @@ def summarize(root_or_paths: str | Path | Sequence[str | Path]) -> list[dict[str
     items = [root_or_paths] if isinstance(root_or_paths, (str, Path)) else list(root_or_paths)
     rows = []
     for item in items:
+        found = [{"name": path.name, "path": str(path), "no_manifest": True, "error": _no_manifest(path, Path(item))}
+                 for path in missing_manifests(item)]
         for path in list_sessions(item):
             try:
-                rows.append(summarize_session(path))
+                found.append(summarize_session(path))
             except SessionError as err:
                 # one damaged session must not hide the others from the listing
-                rows.append({"name": path.name, "path": str(path), "error": str(err)})
+                found.append({"name": path.name, "path": str(path), "error": str(err)})
+        rows.extend(sorted(found, key=lambda row: row["name"]))
     return rows
+
+
+def _no_manifest(path: Path, root: Path) -> str:
+    """The listing's line for a folder of chunks without a manifest, with the frames its chunks hold (only
+    their labels are read)."""
+    frames, unreadable = 0, 0
+    for file in chunk_files(path):
+        try:
+            frames += len(read_chunk(file, ("labels",))["labels"])
+        except SessionError:
+            unreadable += 1
+    detail = f", {frames:,d} frames" + (f" ({unreadable} unreadable)" if unreadable else "")
+    return no_manifest_message(path, root, detail)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -177,16 +205,23 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     header = ("session", "source/driver", "frames", "excluded", "episodes", "duration", "labels")
     lines = [header]
     total_frames, total_duration = 0, 0.0
+    notes = []
     for row in rows:
         if row.get("error"):
-            lines.append((row["name"], "-", "-", "-", "-", "-", f"UNREADABLE: {row['error']}"))
+            kind = "NO MANIFEST" if row.get("no_manifest") else "UNREADABLE"
+            lines.append((row["name"], "-", "-", "-", "-", "-", f"{kind}: {row['error']}"))
             continue
         frames = row["frames"]
         total_frames += frames
         total_duration += row["duration_s"]
         share = "  ".join(f"{name} {count / frames:.0%}" for name, count in row["label_counts"].items()
                           if count) if frames else "-"
-        name = row["name"] if row["complete"] else f"{row['name']} (interrupted)"
+        state = [] if row["complete"] else ["repaired" if row.get("repaired") else "interrupted"]
+        state += ["damaged"] if row.get("damaged_chunks") else []
+        name = f"{row['name']} ({', '.join(state)})" if state else row["name"]
+        for chunk in row.get("damaged_chunks", ()):
+            notes.append(f"{row['name']}: {chunk['file']} cannot be read, {chunk['frames']:,d} frames lost: "
+                         f"{chunk['reason']}")
         lines.append((name, f"{row['source']}/{row['driver']}", str(frames), str(row["excluded_frames"]),
                       str(row["episodes"]), f"{row['duration_s']:.1f} s", share))
     lines.append(("total", f"{len(rows)} sessions", str(total_frames), "", "", f"{total_duration:.1f} s", ""))
@@ -197,4 +232,4 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)]
         text.append("  ".join(cells).rstrip())
     text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    return "\n".join(text + notes)

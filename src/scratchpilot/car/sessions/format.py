@@ -15,16 +15,23 @@ updated to list it with its frame count and sha256. The manifest therefore only 
 durable chunks; a crash loses the chunk in progress and nothing else. Readers trust only the manifest:
 leftover temp files (``.*.tmp``) and chunks written but not yet listed are ignored.
 
+Damage after the fact costs no more than what is damaged: every file is checked by :mod:`.parse` as it
+is read, a chunk that cannot be read is skipped with its frames (:mod:`.reader`), a session whose manifest
+cannot be read is left out of training and reports with its reason, and a deleted manifest is rebuilt from
+the chunks by :mod:`.repair` (``scratchpilot car sessions --repair``).
+
 Chunks are written by one background thread so that a slow disk (an fsync can take 100 ms on an SD card)
 never stalls the driving loop; at most two chunks wait in memory, after which :meth:`SessionWriter.add`
 waits for the disk. A failed write is raised by the next ``add``, ``flush`` or ``close``.
 
-Everything is loaded with ``np.load(..., allow_pickle=False)``; nothing read from a session is executed.
+Arrays are read from their ``.npy`` headers by :mod:`.parse` (object arrays refused); nothing read from a
+session is executed.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +53,8 @@ class SessionError(ValueError):
 def read_json(path: Path, what: str) -> Any:
     """Load a JSON file of a session; every problem is a :class:`SessionError` naming the file and line."""
     return _read_json(path, what, error=SessionError)
+
+
+def print_warning(message: str) -> None:
+    """How readers report a problem they work around by default: a line on stderr, as the CLI prints errors."""
+    print(f"scratchpilot: warning: {message}", file=sys.stderr)

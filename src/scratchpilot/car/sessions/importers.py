@@ -289,6 +289,12 @@ def import_autorccar(source, out_root, *, image_shape: tuple[int, int] = (120, 3
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     try:
+        with open(source, "rb") as fh:
+            start = fh.read(8)
+        # np.load takes anything that is neither a zip nor an .npy for a pickle, and says so
+        if not start.startswith((b"PK", b"\x93NUMPY")):
+            raise ImportFormatError(f"{source}: not an .npz archive (a zip of .npy arrays): it starts with "
+                                    f"{start!r}")
         archive = np.load(source, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ImportFormatError(f"{source}: a single array (.npy), not an .npz archive")
