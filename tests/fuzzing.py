@@ -13,6 +13,7 @@ import time
 import tracemalloc
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 #: how many times more examples ``make fuzz`` runs than ``make test``
 FUZZ_SCALE = max(1, int(os.environ.get("SCRATCHPILOT_FUZZ_SCALE", "1")))
@@ -50,3 +51,24 @@ def check_parser(parse, errors, names: str | tuple[str, ...], *, max_bytes: int 
     assert peak <= max_bytes, f"the parser took {peak:,d} bytes at its peak (bound {max_bytes:,d})"
     assert elapsed <= max_seconds, f"the parser took {elapsed:.2f} s (bound {max_seconds} s)"
     return result
+
+
+def json_values(*specials, nan: bool = False):
+    """A hypothesis strategy for any JSON value, small and nested, with ``specials`` (sizes and names that
+    reach deep checks) drawn more often; ``nan`` also draws NaN and infinities (Python's json writes them)."""
+    leaves = (st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
+              | st.sampled_from([0, 1, -1, 18, 2 ** 31, 10 ** 12, *specials])
+              | st.floats(allow_nan=nan, allow_infinity=nan) | st.text(max_size=8))
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=8)
+
+
+def json_paths(value, prefix=()):
+    """Every place in a JSON value, as a tuple of keys and indices (the value itself first)."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from json_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from json_paths(item, (*prefix, i))

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def test_autorccar_errors_name_file_and_row(tmp_path):
     with pytest.raises(ImportFormatError, match="d.npz: expected arrays 'train' \\(or 'images'\\) and 'train_labels'"):
         import_autorccar(tmp_path / "d.npz", out)
     np.savez(tmp_path / "e.npz", train=np.array([{"x": 1}], dtype=object), train_labels=np.eye(4)[:1])
-    with pytest.raises(ImportFormatError, match="e.npz: not a readable .npz without pickles"):
+    with pytest.raises(ImportFormatError, match="e.npz: 'train' holds Python objects .*never unpickled"):
         import_autorccar(tmp_path / "e.npz", out)
     np.savez(tmp_path / "f.npz", train=pixels[:5], train_labels=np.eye(4)[classes])
     with pytest.raises(ImportFormatError, match="f.npz: 5 frames but 6 labels"):
@@ -211,7 +212,7 @@ def test_autorccar_errors_name_file_and_row(tmp_path):
     buffer = io.BytesIO()
     np.save(buffer, pixels)
     (tmp_path / "g.npz").write_bytes(buffer.getvalue())
-    with pytest.raises(ImportFormatError, match="g.npz: a single array"):
+    with pytest.raises(ImportFormatError, match="g.npz: a single .npy array, not an .npz archive"):
         import_autorccar(tmp_path / "g.npz", out)
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -227,3 +228,43 @@ def test_a_text_file_named_npz_is_not_called_pickled(tmp_path, capsys):
     assert main(["car", "sessions", str(tmp_path / "sessions"), "--import-npz", str(text)]) == 2
     err = capsys.readouterr().err
     assert "notes.npz: not an .npz archive" in err and "pickle" not in err and "Traceback" not in err
+
+
+def _npy_header(shape, descr="<f4") -> bytes:
+    """An ``.npy`` header alone: it claims ``shape`` but no data follows."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+def _lying_header_npz(path):
+    """A 500-byte AutoRCCar file whose 'train' header claims 10^12 floats (np.load allocates 3.6 TiB)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("train.npy", _npy_header((10 ** 6, 10 ** 6)))
+        archive.writestr("train_labels.npy", _npy_header((10 ** 6, 4), "<f8"))
+
+
+def _deflate_bomb_npz(path):
+    """An AutoRCCar file whose 'train' entry claims to unpack to 2 GB from 150 kB, more than deflate can."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((1000, 38400), np.float32))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train.npy", buffer.getvalue())  # the first entry: its local header is at offset 0
+        archive.writestr("train_labels.npy", _npy_header((1000, 4), "<f8") + bytes(32_000))
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[22:26] = data[central + 24:central + 28] = (2_000_000_000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("craft", [_lying_header_npz, _deflate_bomb_npz])
+def test_autorccar_files_that_lie_about_their_size_are_refused_in_bounded_memory(tmp_path, craft):
+    from fuzzing import check_parser
+
+    bad = tmp_path / "crafted.npz"
+    craft(bad)
+    assert bad.stat().st_size < 200_000
+    out = tmp_path / "sessions"
+    assert check_parser(lambda: import_autorccar(bad, out), ImportFormatError, f"{bad}: 'train'",
+                        max_bytes=4 << 20) is None
+    assert not out.exists() or list(out.iterdir()) == []

@@ -336,3 +336,14 @@ def test_cli_lists_a_missing_manifest_and_repairs_it(tmp_path, capsys):
     assert "recording's metadata" in finding_of(report, "repaired_session", "lost")["message"]
     status, out, _ = cli(capsys, "car", "sessions", tmp_path, "--repair")
     assert status == 0 and "nothing to repair" in out
+
+
+def test_repair_fails_loudly_when_no_chunk_can_be_read(tmp_path, capsys):
+    lost = make_session(tmp_path, ["forward", "left"] * 8, name="hopeless")
+    (lost / "manifest.json").unlink()
+    for chunk in lost.glob("chunk-*.npz"):
+        chunk.write_bytes(b"not a zip")
+    status, out, err = cli(capsys, "car", "sessions", tmp_path, "--repair")
+    assert status == 2 and f"cannot rebuild {lost}" in out
+    assert f"could not rebuild the manifest of {lost}" in err
+    assert not (lost / "manifest.json").exists()

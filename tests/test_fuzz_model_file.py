@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from fuzzing import check_parser, fuzz_settings
+from fuzzing import check_parser, fuzz_settings, json_paths, json_values
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -89,23 +89,7 @@ def check_load(path):
 
 # ------------------------------------------------------------------------ config mutations
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
-    | st.sampled_from([0, 1, -1, 3, 18, 2 ** 31, 10 ** 9, 10 ** 12, "Dense", "float64", "same"])
-    | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=8)
-
-
-def _paths(value, prefix=()):
-    """Every place in a JSON value, as a tuple of keys and indices."""
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _paths(item, (*prefix, i))
+JSON_VALUES = json_values(3, 10 ** 9, "Dense", "float64", "same")
 
 
 def _mutate(config, path, how, value, depth):
@@ -136,7 +120,7 @@ def _mutate(config, path, how, value, depth):
        depth=st.sampled_from([1, 2, 3, 40, 1000, 10 ** 6]))
 def test_a_mutated_config_loads_or_is_refused(templates, target, data, which, deflate, how, value, depth):
     config, entries = templates[which]
-    path = data.draw(st.sampled_from(list(_paths(config))), label="path")
+    path = data.draw(st.sampled_from(list(json_paths(config))), label="path")
     # json.dumps itself recurses: deeper nesting is written by hand in the next test
     write(target, _mutate(config, path, how, value, depth if how != "nest" else min(depth, 500)), entries,
           deflate)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzzing import check_parser, fuzz_settings
+from fuzzing import check_parser, fuzz_settings, json_paths, json_values
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,26 +73,11 @@ def read_all(folder: Path) -> Session:
 
 # ------------------------------------------------------------------------ manifest mutations
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.sampled_from([0, 1, -1, 18, 2 ** 31, 10 ** 12])
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=8)
-
-
-def _paths(value, prefix=()):
-    """Every position in a JSON document (a path of keys and indices)."""
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _paths(item, (*prefix, i))
+JSON_VALUES = json_values(nan=True)
 
 
 def _mutate_json(document, data):
-    paths = list(_paths(document))[1:]
+    paths = list(json_paths(document))[1:]
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
         path = data.draw(st.sampled_from(paths), label="path")
         parent = document

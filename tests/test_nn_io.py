@@ -349,7 +349,7 @@ def test_zip_entries_that_lie_about_their_size_or_use_other_compression_are_refu
     bz = tmp_path / "bzip2.npz"
     _zip_with(bz, {"config.json.npy": _npy_bytes(_config_bytes(cfg)),
                    **{f"{k}.npy": _npy_bytes(v) for k, v in arrays.items()}}, compression=zipfile.ZIP_BZIP2)
-    with pytest.raises(ModelFileError, match="compression method 12; model files are stored or deflated"):
+    with pytest.raises(ModelFileError, match="config.json.npy uses zip compression method 12; only stored or deflated"):
         load(bz)
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 from support import wait_until
-from web_support import BackgroundServer
+from web_support import BackgroundServer, stop
 
 #: run_server with a tiny app (echoes the body after "ok") and the connection settings given as NAME=value
 GUARDED_SERVER = """
@@ -43,12 +43,7 @@ def guarded_server(workers: int, *settings: str):
         assert line.strip().isdigit(), process.stderr.read() if process.poll() is not None else line
         yield int(line)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        stop(process)
 
 
 def timed_get(port: int, timeout: float = 5.0) -> tuple[bytes, float]:

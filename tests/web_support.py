@@ -116,6 +116,16 @@ def start_serving(*args, env=None, command=SCRATCHPILOT) -> tuple[subprocess.Pop
     return process, ready.split("serving on ")[1].split()[0].rstrip("/")
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, as a service manager stops a server; killed (and the test failed) if it hangs past 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
 @contextlib.contextmanager
 def serving(*args, env=None, command=SCRATCHPILOT):
     """:func:`start_serving` for a ``with`` block: stops it with SIGTERM on leaving (the parent stops its
@@ -124,12 +134,7 @@ def serving(*args, env=None, command=SCRATCHPILOT):
     try:
         yield process, url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        stop(process)
     assert process.returncode == 0, process.stderr.read()
 
 

@@ -19,8 +19,7 @@ def run(args: argparse.Namespace) -> int:
             path = import_tub(args.import_tub, args.root) if args.import_tub else \
                 import_autorccar(args.import_npz, args.root)
             print(f"imported {path}")
-        if args.repair:
-            _repair(args.root)
+        unrepaired = _repair(args.root) if args.repair else []
         if args.exclude:
             name, start, stop = _frame_range("--exclude", args.exclude)
             S.exclude(Path(args.root) / name, start, stop, args.reason)
@@ -32,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     print(S.format_table(rows))
     write_json_result(args.json, {"sessions": rows})
+    if unrepaired:
+        raise CommandError(f"could not rebuild the manifest of {', '.join(map(str, unrepaired))} (see above)")
     return 0
 
 
@@ -48,19 +49,23 @@ def _frame_range(option: str, values: list[str]) -> tuple[str, int, int]:
     return name, first, end
 
 
-def _repair(root) -> None:
-    """``--repair``: rebuild lost manifests and say what each rebuild could not recover."""
+def _repair(root) -> list:
+    """``--repair``: rebuild lost manifests and say what each rebuild could not recover; returns the folders
+    that could not be rebuilt."""
     from ..sessions.repair import repair
 
     results = repair(root)
+    failed = []
     if not results:
         print(f"nothing to repair: every session folder in {root} has its manifest")
     for result in results:
         if "error" in result:
             print(f"cannot rebuild {result['path']}: {result['error']}")
+            failed.append(result["path"])
             continue
         print(f"rebuilt {result['manifest']}: {result['chunks']} chunks, {result['frames']:,d} frames")
         for item in result["lost"]:
             print(f"  lost: {item}")
         for chunk in result["skipped_chunks"]:
             print(f"  skipped {chunk['file']}: {chunk['reason']}")
+    return failed

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ...nn.npz import NpzError, NpzReader
 from ...util.images import ImageDecodeError, decode_image
 from ...util.progress import progress as progress_bar
 from ..links import LABELS
@@ -46,6 +47,8 @@ from .writer import SessionWriter
 
 TUB_REQUIRED_INPUTS = ("cam/image_array", "user/angle", "user/throttle")
 AUTORCCAR_ORDER = ("left", "right", "forward", "reverse")
+#: bytes of data one imported array may hold (about 14,000 AutoRCCar frames of float64)
+MAX_IMPORT_BYTES = 1 << 32
 
 
 class ImportFormatError(ValueError):
@@ -288,29 +291,7 @@ def import_autorccar(source, out_root, *, image_shape: tuple[int, int] = (120, 3
         raise ValueError(f"reverse_label must be one of {', '.join(LABELS)} or None, got {reverse_label!r}")
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    try:
-        with open(source, "rb") as fh:
-            start = fh.read(8)
-        # np.load takes anything that is neither a zip nor an .npy for a pickle, and says so
-        if not start.startswith((b"PK", b"\x93NUMPY")):
-            raise ImportFormatError(f"{source}: not an .npz archive (a zip of .npy arrays): it starts with "
-                                    f"{start!r}")
-        archive = np.load(source, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ImportFormatError(f"{source}: a single array (.npy), not an .npz archive")
-        with archive:
-            keys = set(archive.files)
-            if "train_labels" not in keys or not keys & {"train", "images"}:
-                raise ImportFormatError(f"{source}: expected arrays 'train' (or 'images') and 'train_labels', "
-                                        f"found {', '.join(sorted(keys)) or 'none'}")
-            pixels = archive["images"] if "images" in keys else archive["train"]
-            one_hot = archive["train_labels"]
-    except ImportFormatError:
-        raise
-    except FileNotFoundError:
-        raise ImportFormatError(f"{source}: no such file") from None
-    except (ValueError, OSError, EOFError) as err:
-        raise ImportFormatError(f"{source}: not a readable .npz without pickles ({err})") from None
+    pixels, one_hot = _read_autorccar(source)
     frames = _autorccar_frames(pixels, image_shape, source)
     names = _autorccar_labels(one_hot, len(frames), source)
     replacement = dict(zip(AUTORCCAR_ORDER, ("left", "right", "forward", reverse_label), strict=True))
@@ -329,6 +310,31 @@ def import_autorccar(source, out_root, *, image_shape: tuple[int, int] = (120, 3
         shutil.rmtree(writer.path, ignore_errors=True)
         raise
     return writer.path
+
+
+def _read_autorccar(source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel and label arrays of an AutoRCCar ``.npz``: both headers are checked (against the entries'
+    sizes and :data:`MAX_IMPORT_BYTES`) before either is read."""
+    if not source.is_file():
+        raise ImportFormatError(f"{source}: no such file" if not source.exists() else f"{source}: not a file")
+    try:
+        with NpzReader(source) as archive:
+            keys = archive.names
+            if "train_labels" not in keys or not keys & {"train", "images"}:
+                raise ImportFormatError(f"{source}: expected arrays 'train' (or 'images') and 'train_labels', "
+                                        f"found {', '.join(sorted(keys)) or 'none'}")
+            wanted = ("images" if "images" in keys else "train", "train_labels")
+            for key in wanted:
+                archive.header(key, MAX_IMPORT_BYTES)
+            pixels, one_hot = (archive.read(key, MAX_IMPORT_BYTES) for key in wanted)
+    except NpzError as err:
+        if err.kind == "not-npz":
+            raise ImportFormatError(f"{source}: {err.problem}") from None
+        if err.kind == "damaged":
+            raise ImportFormatError(f"{source}: not a readable .npz ({err.problem})") from None
+        who = f"'{err.entry.removesuffix('.npy')}' " if err.entry else ""
+        raise ImportFormatError(f"{source}: {who}{err.problem}") from None
+    return pixels, one_hot
 
 
 def _autorccar_frames(pixels: np.ndarray, image_shape: tuple[int, int], source: Path) -> np.ndarray:

@@ -9,18 +9,16 @@ and the field. Sizes are checked against caps and against the file's own bytes b
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import re
 import reprlib
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...nn.npz import NpzError, NpzReader
 from .format import _CHUNK_NAME, CHUNK_KEYS, FORMAT, FORMAT_VERSION, SessionError
 
 #: frames one chunk may hold (the recorder writes 250; a manifest claiming more is damaged)
@@ -29,10 +27,8 @@ MAX_CHUNK_FRAMES = 1 << 20
 MAX_SESSION_FRAMES = 1 << 26
 #: pixel values of one frame (H * W * C)
 MAX_FRAME_VALUES = 1 << 26
-#: bytes one array of a chunk may decompress to
+#: bytes of data one array of a chunk may hold
 MAX_MEMBER_BYTES = 1 << 30
-#: deflate cannot shrink data more than about 1032 times: a member claiming more is a bomb or a lie
-MAX_DEFLATE_RATIO = 1100
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _META_TEXT = ("source", "driver", "created_at", "scratchpilot_version")
 #: numpy dtype kinds each chunk array may have (f: float, i/u: signed/unsigned integer)
@@ -137,28 +133,27 @@ def read_chunk(file: Path, keys: Sequence[str] = CHUNK_KEYS, *, count: int | Non
             data = file.read_bytes()
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise SessionError(f"{file}: sha256 does not match the manifest: the chunk is corrupted")
-            source, size = io.BytesIO(data), len(data)
+            source = data
         else:
-            source, size = file, file.stat().st_size  # only the members asked for are read
+            file.stat()  # a missing chunk is named as such
+            source = file  # only the members asked for are read
     except FileNotFoundError:
         raise SessionError(f"{file}: chunk listed in the manifest is missing") from None
     except OSError as err:
         raise SessionError(f"{file}: cannot read the chunk ({err.strerror or err})") from None
     arrays: dict[str, np.ndarray] = {}
     try:
-        with zipfile.ZipFile(source) as archive:
-            members = set(archive.namelist())
-            missing = [key for key in CHUNK_KEYS if f"{key}.npy" not in members]
+        with NpzReader(source) as archive:
+            missing = [key for key in CHUNK_KEYS if key not in archive.names]
             if missing:
                 raise SessionError(f"{file}: chunk lacks array(s) {missing}")
             for key in keys:
                 rows = count if count is not None else (len(next(iter(arrays.values()))) if arrays else None)
-                arrays[key] = _read_member(archive, key, size, rows, frame_shape, f"{file}: field '{key}'")
-    except SessionError:
-        raise
-    except (ValueError, OSError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
-            zlib.error) as err:
-        raise SessionError(f"{file}: not a readable chunk ({_short(str(err), 160)})") from None
+                arrays[key] = _read_member(archive, key, rows, frame_shape, f"{file}: field '{key}'")
+    except NpzError as err:
+        if err.kind != "refused":  # cut: a damaged zip's message may quote its (crafted) entry names
+            raise SessionError(f"{file}: not a readable chunk ({err.problem[:200]})") from None
+        raise SessionError(f"{file}: {_member(err.entry)} {err.problem}") from None
     labels = arrays.get("labels")
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= n_labels):
         bad = labels.min() if labels.min() < 0 else labels.max()
@@ -170,51 +165,31 @@ def read_chunk(file: Path, keys: Sequence[str] = CHUNK_KEYS, *, count: int | Non
     return arrays
 
 
-def _read_member(archive: zipfile.ZipFile, key: str, size: int, rows: int | None,
-                 frame_shape: tuple[int, ...] | None, where: str) -> np.ndarray:
-    """One ``.npy`` member, its header checked against the expected shape and the file's size before the
-    array is allocated and read (``np.load`` would allocate whatever the header claims)."""
-    info = archive.getinfo(f"{key}.npy")
-    if info.compress_size > size or info.file_size > max(info.compress_size, 1) * MAX_DEFLATE_RATIO:
-        raise SessionError(f"{where}: the zip member claims {info.file_size:,d} bytes from {info.compress_size:,d}")
-    with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise SessionError(f"{where}: .npy format version {version} is not supported")
-        if dtype.hasobject or dtype.kind not in _KINDS[key] or dtype.itemsize > 8 or dtype.subdtype is not None:
-            raise SessionError(f"{where}: arrays of {dtype} are not allowed here")
-        if key == "frames" and dtype.itemsize != 1:
-            raise SessionError(f"{where}: frames must be uint8, got {dtype}")
-        if key != "frames" and len(shape) != 1:
-            raise SessionError(f"{where}: array of shape {shape}, expected one value per frame")
-        if key == "frames" and frame_shape is None:
-            if len(shape) not in (3, 4):
-                raise SessionError(f"{where}: array of shape {shape}, expected (frames, height, width[, channels])")
-            check_frame_shape(list(shape[1:]), f"{where}: the frame shape")
-        elif key == "frames" and tuple(shape[1:]) != frame_shape:
-            raise SessionError(f"{where}: frames are {shape[1:]}, the session records {frame_shape}")
-        if rows is not None and shape[0] != rows:
-            raise SessionError(f"{where}: has {shape[0]} rows, expected {rows} (the manifest's count)")
-        if shape[0] > MAX_CHUNK_FRAMES:
-            raise SessionError(f"{where}: {shape[0]:,d} rows, more than {MAX_CHUNK_FRAMES:,d}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > min(info.file_size, MAX_MEMBER_BYTES):
-            raise SessionError(f"{where}: the header claims {nbytes:,d} bytes, the member holds "
-                               f"{info.file_size:,d}")
-        # read into the final array: one allocation of a size already checked
-        raw = np.empty(nbytes, dtype=np.uint8)
-        view = memoryview(raw)
-        done = 0
-        while done < nbytes:
-            got = member.readinto(view[done:])
-            if not got:
-                raise SessionError(f"{where}: truncated: {done:,d} of {nbytes:,d} bytes")
-            done += got
-    flat = raw.view(dtype)
-    if fortran:
-        return flat.reshape(shape[::-1]).T
-    return flat.reshape(shape)
+def _member(entry: str | None) -> str:
+    """How a message names a chunk's zip entry: by its field where it is an array."""
+    return f"field '{entry[:-4]}'" if entry and entry.endswith(".npy") else f"entry {entry}"
+
+
+def _read_member(archive: NpzReader, key: str, rows: int | None, frame_shape: tuple[int, ...] | None,
+                 where: str) -> np.ndarray:
+    """One array, its ``.npy`` header checked against the expected shape (the reader checks it against
+    the member's size) before the array is allocated and read."""
+    header = archive.header(key)
+    shape, dtype = header.shape, header.dtype
+    if dtype.kind not in _KINDS[key] or dtype.itemsize > 8:
+        raise SessionError(f"{where}: arrays of {dtype} are not allowed here")
+    if key == "frames" and dtype.itemsize != 1:
+        raise SessionError(f"{where}: frames must be uint8, got {dtype}")
+    if key != "frames" and len(shape) != 1:
+        raise SessionError(f"{where}: array of shape {shape}, expected one value per frame")
+    if key == "frames" and frame_shape is None:
+        if len(shape) not in (3, 4):
+            raise SessionError(f"{where}: array of shape {shape}, expected (frames, height, width[, channels])")
+        check_frame_shape(list(shape[1:]), f"{where}: the frame shape")
+    elif key == "frames" and tuple(shape[1:]) != frame_shape:
+        raise SessionError(f"{where}: frames are {shape[1:]}, the session records {frame_shape}")
+    if rows is not None and shape[0] != rows:
+        raise SessionError(f"{where}: has {shape[0]} rows, expected {rows} (the manifest's count)")
+    if shape[0] > MAX_CHUNK_FRAMES:
+        raise SessionError(f"{where}: {shape[0]:,d} rows, more than {MAX_CHUNK_FRAMES:,d}")
+    return archive.read(key, max_bytes=MAX_MEMBER_BYTES)
