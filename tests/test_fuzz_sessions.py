@@ -84,6 +84,8 @@ def _mutate_json(document, data):
         try:
             for step in path[:-1]:
                 parent = parent[step]
+            if not isinstance(parent, (dict, list)):
+                continue  # an earlier mutation made it text (which indexes, but cannot be changed)
             current = parent[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation moved it

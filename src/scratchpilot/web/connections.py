@@ -8,7 +8,9 @@ connections (:func:`connection_limit`), closes a connection whose request header
 :data:`HEADER_TIMEOUT_S` (a whole request, :data:`REQUEST_TIMEOUT_S`), closes idle ones after
 :data:`IDLE_TIMEOUT_S`, and when it nears its limit sheds the connections that wait longest without a
 request under way, so that a new client always finds a place. The single-process server and each forked
-worker (:mod:`.workers`) are the same :class:`GuardedServer`.
+worker (:mod:`.workers`) are the same :class:`GuardedServer`. It builds on waitress's own classes and
+channel attributes, which is why the ``web`` extra keeps waitress below its next major version; the tests
+in ``test_web_connections.py`` fail if an upgrade changes them.
 """
 
 from __future__ import annotations
