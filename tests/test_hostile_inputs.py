@@ -184,3 +184,16 @@ def test_the_bomb_really_is_one(tmp_path):
     assert path.stat().st_size < 1 << 20
     with gzip.open(path) as fh:
         assert sum(len(block) for block in iter(lambda: fh.read(1 << 22), b"")) > 90 << 20
+
+
+def test_a_pipe_given_as_the_data_is_read_as_a_csv(tmp_path, shared_data):
+    """``--data /dev/stdin``: a pipe has no telling name; it is read (once) as the Kaggle CSV it holds."""
+    from scratchpilot.data import resolve_dataset
+
+    test = resolve_dataset("mnist-test")
+    write_kaggle_csv(tmp_path / "test.csv", test.images[:30].reshape(-1, 784), test.labels[:30])
+    model = digits_model(tmp_path / "m.npz")
+    run = subprocess.run([*SCRATCHPILOT_CLI, "digits", "evaluate", "--model", str(model), "--data", "/dev/stdin"],
+                         input=(tmp_path / "test.csv").read_bytes(), capture_output=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert "(" in run.stdout.decode() and "/ 30)" in run.stdout.decode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +292,15 @@ def _dataset_options() -> str:
             "IDX images file (e.g. t10k-images-idx3-ubyte.gz, with its labels file beside it)")
 
 
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` is a pipe or a character device (not a regular file or a folder)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
 def resolve_dataset(spec: str, download: bool = True, progress: bool = True, data_dir=None,
                     cache_dir=None) -> Dataset:
     """Turn a dataset name or path, as given on a command line, into a :class:`Dataset`.
@@ -298,7 +308,7 @@ def resolve_dataset(spec: str, download: bool = True, progress: bool = True, dat
     Parameters
     ----------
     spec : ``mnist`` (training set), ``mnist-test``, ``fashion``, ``fashion-test``; or a path to a
-        Kaggle CSV (``.csv``/``.csv.gz``, train or test format from its header) or to an IDX images
+        Kaggle CSV (``.csv``/``.csv.gz`` or a pipe, train or test format from its header) or to an IDX images
         file, whose labels file is found beside it (``...images-idx3...`` -> ``...labels-idx1...``;
         without one the labels are None).
     download, progress, data_dir, cache_dir : as for :func:`load_mnist`, for the named datasets.
@@ -315,7 +325,9 @@ def resolve_dataset(spec: str, download: bool = True, progress: bool = True, dat
         return _load_split(kind, split, data_dir, cache_dir, download, progress)
     path = Path(spec).expanduser()
     name = path.name.lower()
-    if name.endswith((".csv", ".csv.gz")):
+    # a pipe (/dev/stdin, a shell's <(...)) has no telling name and can be read only once: a CSV, as the
+    # one format that needs no second file beside it
+    if name.endswith((".csv", ".csv.gz")) or _is_stream(path):
         check_input_path(path, "CSV")
         pixels, labels = read_kaggle_csv(path)
         return _checked_dataset(pixels.reshape(-1, *IMAGE_SHAPE), labels, path.name, [path], DIGIT_CLASS_NAMES)
