@@ -347,3 +347,28 @@ def test_repair_fails_loudly_when_no_chunk_can_be_read(tmp_path, capsys):
     assert status == 2 and f"cannot rebuild {lost}" in out
     assert f"could not rebuild the manifest of {lost}" in err
     assert not (lost / "manifest.json").exists()
+
+
+def test_repair_rebuilds_an_unreadable_manifest_and_keeps_it_aside(tmp_path, capsys):
+    make_session(tmp_path, ["forward", "left"] * 8, name="good")
+    broken = make_session(tmp_path, ["right", "none"] * 8, episodes=[i // 8 for i in range(16)], name="broken")
+    (broken / "manifest.json").write_text('{"format": "scratchpilot-session", "format_version": 1, "meta": 7}')
+    status, out, _ = cli(capsys, "car", "sessions", tmp_path)
+    assert status == 0 and "UNREADABLE" in out and "--repair" in out
+    status, out, _ = cli(capsys, "car", "sessions", tmp_path, "--repair")
+    assert status == 0 and f"rebuilt {broken / 'manifest.json'}: 2 chunks, 16 frames" in out
+    assert "kept as manifest.json.unreadable" in out and "UNREADABLE" not in out
+    assert (broken / "manifest.json.unreadable").read_text().endswith('"meta": 7}')  # nothing deleted
+    status, out, _ = train_cli(capsys, tmp_path, tmp_path)
+    assert status == 0 and "mlp: 32 frames" in out
+
+
+def test_a_failed_rebuild_puts_the_unreadable_manifest_back(tmp_path, capsys):
+    broken = make_session(tmp_path, ["right", "none"] * 8, name="broken")
+    (broken / "manifest.json").write_text("{not json")
+    for chunk in broken.glob("chunk-*.npz"):
+        chunk.write_bytes(b"not a zip")
+    status, out, err = cli(capsys, "car", "sessions", tmp_path, "--repair")
+    assert status == 2 and "its unreadable manifest is left as it was" in out
+    assert (broken / "manifest.json").read_text() == "{not json"
+    assert not (broken / "manifest.json.unreadable").exists()

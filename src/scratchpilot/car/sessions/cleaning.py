@@ -180,7 +180,9 @@ def summarize(root_or_paths: str | Path | Sequence[str | Path]) -> list[dict[str
                 found.append(summarize_session(path))
             except SessionError as err:
                 # one damaged session must not hide the others from the listing
-                found.append({"name": path.name, "path": str(path), "error": str(err)})
+                hint = (f"; `scratchpilot car sessions {item} --repair` rebuilds the manifest from its chunks"
+                        if chunk_files(path) else "")
+                found.append({"name": path.name, "path": str(path), "error": f"{err}{hint}"})
         rows.extend(sorted(found, key=lambda row: row["name"]))
     return rows
 

@@ -1,11 +1,12 @@
 """Rebuilding a lost manifest from a session's chunks (``scratchpilot car sessions --repair``).
 
 Readers trust only the manifest (:mod:`.format`), so a session whose ``manifest.json`` was deleted would
-vanish from every listing. The chunks hold what training needs: frames, labels, timestamps and episodes,
-so the manifest can be written again from them (each chunk checked by :func:`.parse.read_chunk`, hashed
-anew). What only the manifest held is lost and said so: the recording's metadata (source, driver, start
-time, settings), the label names (the recorder's defaults are assumed when the labels fit them), and
-whether the recording was closed cleanly. A chunk that cannot be read is left out and named.
+vanish from every listing, and one whose manifest is damaged is unreadable. The chunks hold what training
+needs: frames, labels, timestamps and episodes, so the manifest can be written again from them (each chunk
+checked by :func:`.parse.read_chunk`, hashed anew). What only the manifest held is lost and said so: the
+recording's metadata (source, driver, start time, settings), the label names (the recorder's defaults are
+assumed when the labels fit them), and whether the recording was closed cleanly. A chunk that cannot be read
+is left out and named.
 """
 
 from __future__ import annotations
@@ -109,8 +110,36 @@ def rebuild_manifest(folder) -> dict[str, Any]:
             "skipped_chunks": skipped, "lost": lost}
 
 
+def unreadable_manifests(root) -> list[tuple[Path, str]]:
+    """Session folders (``root`` itself, or the folders directly under it) whose manifest cannot be read but
+    that hold chunk files, each with the reason."""
+    from .reader import Session, list_sessions
+
+    found = []
+    for folder in list_sessions(root):
+        try:
+            Session.open(folder, warn=None)
+        except SessionError as err:
+            if chunk_files(folder):
+                found.append((folder, str(err)))
+    return found
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename the unreadable manifest of ``folder`` to a free ``manifest.json.unreadable[-N]`` name."""
+    kept = folder / f"{MANIFEST}.unreadable"
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = folder / f"{MANIFEST}.unreadable-{n}"
+    (folder / MANIFEST).rename(kept)
+    return kept
+
+
 def repair(root) -> list[dict[str, Any]]:
-    """Rebuild the manifest of every folder of chunks without one: ``root`` itself, or folders under it.
+    """Rebuild the manifest of every folder of chunks without a readable one: ``root`` itself, or folders under
+    it. An unreadable manifest is kept beside the new one as ``manifest.json.unreadable`` (and put back
+    should the rebuild fail), so nothing is ever deleted.
 
     Returns one :func:`rebuild_manifest` result per folder (``[]`` when there is nothing to repair); a folder
     with no readable chunk at all gets ``{"path", "error"}`` instead.
@@ -121,4 +150,14 @@ def repair(root) -> list[dict[str, Any]]:
             results.append(rebuild_manifest(folder))
         except SessionError as err:
             results.append({"path": str(folder), "error": str(err)})
+    for folder, reason in unreadable_manifests(root):
+        kept = _set_aside(folder)
+        try:
+            result = rebuild_manifest(folder)
+        except SessionError as err:
+            kept.rename(folder / MANIFEST)
+            results.append({"path": str(folder), "error": f"{err} (its unreadable manifest is left as it was)"})
+            continue
+        result["lost"].insert(0, f"nothing of the unreadable manifest, kept as {kept.name} ({reason})")
+        results.append(result)
     return results
