@@ -148,13 +148,15 @@ class Sequential:
                  dtype=np.float32, input_shape: Sequence[int] | None = None) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
+        seen: set[int] = set()
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {type(layer).__name__}, not a scratchpilot.nn Layer")
-            if any(layer is other for other in layers[:i]):
+            if id(layer) in seen:
                 # a layer keeps what its backward pass needs from its last forward: it cannot stand twice
                 raise ValueError(f"layer {i} ({layer!r}) is the same object as an earlier layer; give each "
                                  f"place its own layer (ReLU(), not one ReLU used twice)")
+            seen.add(id(layer))
         self.layers = list(layers)
         self.loss = loss if loss is not None else SoftmaxCrossEntropy()
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.1)
