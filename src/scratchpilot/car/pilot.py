@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ..util.text import brief
+
 #: the longest history lag (frames) a pilot may look back
 MAX_HISTORY_LAG = 100
 
@@ -32,7 +34,7 @@ def pilot_metadata(metadata) -> dict:
         raise PilotModelError(f"not a pilot model: {said} (train one with 'scratchpilot car train')")
 
     def bad(field: str, wanted: str):
-        return PilotModelError(f"model metadata field {field!r} must be {wanted}, got {_brief(meta.get(field))}")
+        return PilotModelError(f"model metadata field {field!r} must be {wanted}, got {brief(meta.get(field))}")
 
     labels = meta["labels"]
     if not (isinstance(labels, list) and labels and all(isinstance(n, str) and n for n in labels)
@@ -54,11 +56,6 @@ def pilot_metadata(metadata) -> dict:
             raise bad("image_shape", "[rows, cols, channels] (positive whole numbers) for an image-input pilot")
         image_shape = tuple(image_shape)
     return {**meta, "labels": list(labels), "history_lag": lag, "input_layout": layout, "image_shape": image_shape}
-
-
-def _brief(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Pilot:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import nn
+from ..util.text import brief
 from .augment import affine_augmenter, shift_augmenter
 
 LABELS = [str(d) for d in range(10)]
@@ -224,9 +225,7 @@ def digits_metadata(model, path) -> DigitsMetadata:
     n_out = model.n_outputs or 0
 
     def bad(field: str, wanted: str) -> nn.ModelFileError:
-        text = repr(meta.get(field))
-        return nn.ModelFileError(f"{path}: metadata field {field!r} must be {wanted}, got "
-                                 f"{text if len(text) <= 80 else text[:80] + '...'}")
+        return nn.ModelFileError(f"{path}: metadata field {field!r} must be {wanted}, got {brief(meta.get(field))}")
 
     def typed(field: str, kind, wanted: str, check=lambda v: True):
         value = meta.get(field)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...nn.npz import NpzError, NpzReader
+from ...util.text import brief as _short
 from .format import _CHUNK_NAME, CHUNK_KEYS, FORMAT, FORMAT_VERSION, SessionError
 
 #: frames one chunk may hold (the recorder writes 250; a manifest claiming more is damaged)
@@ -99,16 +99,6 @@ def check_frame_shape(shape: Any, where: str) -> tuple[int, ...]:
         raise SessionError(f"{where} must be [height, width] or [height, width, channels] of positive sizes "
                            f"(at most {MAX_FRAME_VALUES:,d} values), got {_short(shape)}")
     return tuple(shape)
-
-
-_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
-_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 4, 4, 40, 40, 40
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """A value for a message, cut short: a field may hold megabytes, or lists nested a thousand deep."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_chunk(file: Path, keys: Sequence[str] = CHUNK_KEYS, *, count: int | None = None,

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ...util.text import brief as _short
 from .format import _CHUNK_NAME, CHUNK_KEYS, EXCLUSIONS, MANIFEST, SessionError, print_warning, read_json
-from .parse import _short, check_manifest, read_chunk
+from .parse import check_manifest, read_chunk
 
 #: how a reader reports a problem it works around (a chunk skipped, a session left out): a message
 Warn = Callable[[str], None]
