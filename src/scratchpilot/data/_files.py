@@ -19,6 +19,9 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+# deflate (zip's and gzip's) cannot compress better than about 1032:1: data declaring more is damaged
+from ..nn.npz import MAX_DEFLATE_RATIO
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 #: exceptions that a damaged gzip stream raises while it is read
@@ -33,8 +36,6 @@ MAX_INPUT_BYTES = 1 << 30
 MAX_RATIO = 100
 RATIO_FLOOR = 64 << 20
 
-#: deflate cannot compress better than about 1032:1, so gzip data declaring more than this is damaged
-MAX_DEFLATE_RATIO = 1032
 
 
 class InputTooLarge(ValueError):
