@@ -221,3 +221,16 @@ def test_mutated_weights_files_are_read_or_refused(template, tmp_path_factory, d
                            max_bytes=8 << 20, max_seconds=5)
     if weights is not None:
         assert all(isinstance(a, np.ndarray) for a in weights.values())
+
+
+@pytest.mark.parametrize("pickle_bytes, message", [
+    (b"\x80\x02B\xff\xff\xff\x7fxyz", "damaged pickle"),  # BINBYTES declaring 2 GB: allocated before it is read
+    (b"\x80\x02K\x01r\x00\x00\x00\x10.", "memo entry 268,435,456"),  # LONG_BINPUT: the memo grows to the index
+])
+def test_length_and_memo_fields_cannot_ask_for_gigabytes(tmp_path, pickle_bytes, message):
+    """Both found by the fuzzing above: 20 GB and 2.8 GB at the peak before the opcode walk."""
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle_bytes)
+    check_parser(lambda: read_torch_weights(path), TorchWeightsError, str(path), max_bytes=1 << 20)
+    with pytest.raises(TorchWeightsError, match=message):
+        read_torch_weights(path)

@@ -11,8 +11,9 @@ EfficientNet-Lite0 ships as) is five pickles in a row, then raw bytes:
 
 A pickle may call any importable function, so this one is read by an unpickler that admits exactly the
 globals of that list (:data:`ADMITTED`), each re-implemented here with NumPy, and refuses any other before
-it can run. Sizes, offsets and strides are checked against the bytes the file really holds before anything
-is allocated. The result is a plain ``{name: numpy array}``.
+it can run; each pickle is first walked opcode by opcode (:func:`_scan`), so no length field can make the
+unpickler allocate more than the file holds. Sizes, offsets and strides are checked against the bytes the
+file really holds before anything is allocated. The result is a plain ``{name: numpy array}``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import hashlib
 import io
 import math
 import pickle
+import pickletools
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,9 @@ PROTOCOL_VERSION = 1001
 #: 255 tensors in 19 MB; a large ImageNet network a few hundred MB)
 MAX_TENSORS = 100_000
 MAX_STORAGE_BYTES = 2 << 30
+
+#: the most memo entries a pickle may use (a weights pickle uses about three per tensor)
+MAX_MEMO = 1 << 20
 
 #: storage classes a weights pickle may name, and the little-endian dtype of their elements
 STORAGE_DTYPES = {
@@ -155,10 +161,35 @@ def read_torch_weights(path, sha256: str | None = None) -> dict[str, np.ndarray]
                                 f"{str(exc)[:300]})") from None
 
 
+def _scan(stream: io.BytesIO) -> None:
+    """Walk the pickle that starts at the stream's position, opcode by opcode, without running it.
+
+    The C unpickler allocates a counted argument (``BINBYTES``: up to 2⁶⁴ bytes) before reading it, and
+    grows its memo to whatever index a ``PUT`` names, so a two-byte change can ask for gigabytes;
+    :mod:`pickletools` reads an argument only if the file holds it. After this walk every argument is
+    known to fit in the file and every memo index to be below :data:`MAX_MEMO`.
+    """
+    view = io.BytesIO(stream.getbuffer())
+    view.seek(stream.tell())
+    try:
+        with warnings.catch_warnings():  # pickletools decodes text arguments, warning on odd escapes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for opcode, arg, _ in pickletools.genops(view):
+                if opcode.name == "STOP":
+                    return
+                # the C unpickler grows its memo to the index a PUT names: 10⁸ would take gigabytes
+                if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg < MAX_MEMO:
+                    raise pickle.UnpicklingError(f"a pickle storing memo entry {arg:,d}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise pickle.UnpicklingError(f"a damaged pickle ({str(exc)[:120]})") from None
+    raise pickle.UnpicklingError("a pickle without its end")
+
+
 def _parse(stream: io.BytesIO, size: int) -> dict[str, np.ndarray]:
     storages: dict[str, _Storage] = {}
 
     def load():
+        _scan(stream)
         return _WeightsUnpickler(stream, storages).load()
 
     if load() != MAGIC_NUMBER:
