@@ -68,10 +68,9 @@ positive_int = integer(1)
 non_negative_int = integer(0)
 seed = integer(0, 2**32 - 1)  # what numpy.random.default_rng accepts as one integer
 port = integer(0, 65535)
-fraction = number(0.0, 1.0, lo_open=True, hi_open=True)  # a share of the rows: neither none nor all
 probability = number(0.0, 1.0)
+held_out_share = number(0.0, 1.0, hi_open=True)  # rows kept back for validation: none, or some, never all
 positive_number = number(0.0, lo_open=True)
-non_negative_number = number(0.0)
 
 
 def _first_existing(path: Path) -> Path:
@@ -89,10 +88,6 @@ def _check_creatable(path: Path, what: str) -> None:
     start = _first_existing(path)
     if not start.is_dir():
         raise argparse.ArgumentTypeError(f"{path}: {start} is a file, not a folder")
-    # a parent path that goes through a file somewhere (a/file.txt/b): exists() above said False for all
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{path}: {parent} is a file, not a folder")
     _check_writable(path, start)
 
 

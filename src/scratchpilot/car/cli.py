@@ -93,7 +93,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--balance", type=options.probability, default=0.5,
                    help="oversample rare labels: each drawn in proportion to count**BALANCE (1 = as recorded, "
                         "0 = all equally often; default 0.5)")
-    p.add_argument("--val-fraction", type=options.number(0.0, 1.0, hi_open=True), default=0.2,
+    p.add_argument("--val-fraction", type=options.held_out_share, default=0.2,
                    help="fraction of sessions/episodes held out for validation, 0 ≤ F < 1 (never single frames; "
                         "default 0.2)")
     p.add_argument("--seed", type=options.seed, default=0)

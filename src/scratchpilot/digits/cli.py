@@ -72,7 +72,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", help="use this model instead of training one")
     p.add_argument("--save-model", type=options.model_file, metavar="PATH", help="save the trained model here")
     p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp", help="network to train (default mlp)")
-    p.add_argument("--holdout", type=options.number(0.0, 1.0, hi_open=True), default=0.1,
+    p.add_argument("--holdout", type=options.held_out_share, default=0.1,
                    help="fraction of train.csv held out to report validation accuracy, 0 ≤ F < 1 (default 0.1)")
     p.add_argument("--epochs", type=options.positive_int, help="override the number of epochs")
     p.add_argument("--labels", metavar="DATASET",

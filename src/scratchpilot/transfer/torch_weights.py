@@ -22,7 +22,7 @@ import collections
 import hashlib
 import io
 import math
-import pickle
+import pickle  # only through _WeightsUnpickler below: named globals admitted, nothing else
 import pickletools
 import struct
 import warnings

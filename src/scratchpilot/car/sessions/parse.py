@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...nn.npz import NpzError, NpzReader
-from ...util.text import brief as _short
+from ...util.text import brief
 from .format import _CHUNK_NAME, CHUNK_KEYS, FORMAT, FORMAT_VERSION, SessionError
 
 #: frames one chunk may hold (the recorder writes 250; a manifest claiming more is damaged)
@@ -45,27 +45,27 @@ def check_manifest(file: Path, manifest: Any) -> dict[str, Any]:
         raise SessionError(f"{file}: not a scratchpilot session manifest")
     version = manifest.get("format_version")
     if not _int(version) or version != FORMAT_VERSION:
-        raise SessionError(f"{file}: field 'format_version': session format version {_short(version)} is not "
+        raise SessionError(f"{file}: field 'format_version': session format version {brief(version)} is not "
                            "supported")
     meta = manifest.get("meta")
     if not isinstance(meta, dict):
-        raise SessionError(f"{file}: field 'meta' must be an object, got {_short(meta)}")
+        raise SessionError(f"{file}: field 'meta' must be an object, got {brief(meta)}")
     labels = meta.get("labels")
     if (not isinstance(labels, list) or not 1 <= len(labels) <= 255
             or not all(isinstance(name, str) and name for name in labels) or len(set(labels)) != len(labels)):
         raise SessionError(f"{file}: field 'meta.labels' must be a list of 1 to 255 distinct names, got "
-                           f"{_short(labels)}")
+                           f"{brief(labels)}")
     for key in _META_TEXT:
         if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise SessionError(f"{file}: field 'meta.{key}' must be text, got {_short(meta[key])}")
+            raise SessionError(f"{file}: field 'meta.{key}' must be text, got {brief(meta[key])}")
     shape = meta.get("frame_shape")
     if shape is not None:
         check_frame_shape(shape, f"{file}: field 'meta.frame_shape'")
     if not isinstance(manifest.get("closed", False), bool):
-        raise SessionError(f"{file}: field 'closed' must be true or false, got {_short(manifest['closed'])}")
+        raise SessionError(f"{file}: field 'closed' must be true or false, got {brief(manifest['closed'])}")
     chunks = manifest.get("chunks")
     if not isinstance(chunks, list):
-        raise SessionError(f"{file}: field 'chunks' must be a list, got {_short(chunks)}")
+        raise SessionError(f"{file}: field 'chunks' must be a list, got {brief(chunks)}")
     if chunks and shape is None:
         raise SessionError(f"{file}: field 'meta.frame_shape' is missing, but the session lists chunks")
     expected_start, names = 0, set()
@@ -75,12 +75,12 @@ def check_manifest(file: Path, manifest: Any) -> dict[str, Any]:
                 or not _SHA256.match(chunk["sha256"]) or not _int(chunk.get("count"))
                 or not 1 <= chunk["count"] <= MAX_CHUNK_FRAMES):
             raise SessionError(f"{file}: chunks[{i}] is malformed (a file chunk-NNNNNN.npz, a count of 1 to "
-                               f"{MAX_CHUNK_FRAMES:,d} frames and a sha256 in hex): {_short(chunk)}")
+                               f"{MAX_CHUNK_FRAMES:,d} frames and a sha256 in hex): {brief(chunk)}")
         if chunk["file"] in names:
             raise SessionError(f"{file}: chunks[{i}] lists {chunk['file']} a second time")
         names.add(chunk["file"])
         if not _int(chunk.get("start")):
-            raise SessionError(f"{file}: chunks[{i}].start must be a frame number, got {_short(chunk.get('start'))}")
+            raise SessionError(f"{file}: chunks[{i}].start must be a frame number, got {brief(chunk.get('start'))}")
         if chunk["start"] != expected_start:
             raise SessionError(f"{file}: chunks[{i}] starts at frame {chunk['start']}, expected {expected_start}")
         expected_start += chunk["count"]
@@ -88,7 +88,7 @@ def check_manifest(file: Path, manifest: Any) -> dict[str, Any]:
             raise SessionError(f"{file}: chunks[{i}] takes the session past {MAX_SESSION_FRAMES:,d} frames")
     frames = manifest.get("frames", expected_start)
     if not _int(frames) or frames != expected_start:
-        raise SessionError(f"{file}: field 'frames' is {_short(frames)}, but the chunks hold {expected_start} frames")
+        raise SessionError(f"{file}: field 'frames' is {brief(frames)}, but the chunks hold {expected_start} frames")
     return manifest
 
 
@@ -97,7 +97,7 @@ def check_frame_shape(shape: Any, where: str) -> tuple[int, ...]:
     if (not isinstance(shape, (list, tuple)) or len(shape) not in (2, 3) or not all(_int(v) and v > 0 for v in shape)
             or math.prod(shape) > MAX_FRAME_VALUES):
         raise SessionError(f"{where} must be [height, width] or [height, width, channels] of positive sizes "
-                           f"(at most {MAX_FRAME_VALUES:,d} values), got {_short(shape)}")
+                           f"(at most {MAX_FRAME_VALUES:,d} values), got {brief(shape)}")
     return tuple(shape)
 
 

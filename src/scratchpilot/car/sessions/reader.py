@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...util.text import brief as _short
+from ...util.text import brief
 from .format import _CHUNK_NAME, CHUNK_KEYS, EXCLUSIONS, MANIFEST, SessionError, print_warning, read_json
 from .parse import check_manifest, read_chunk
 
@@ -242,7 +242,7 @@ def load_exclusions(path: Path, total_frames: int | None = None) -> list[dict[st
                  and 0 <= item["start"] < item["stop"] and isinstance(item.get("reason", ""), str))
         if not valid:
             raise SessionError(f"{file}: ranges[{i}] is malformed (an int id, 0 <= start < stop, a text reason): "
-                               f"{_short(item)}")
+                               f"{brief(item)}")
         if total_frames is not None and item["stop"] > total_frames:
             raise SessionError(f"{file}: ranges[{i}] ends at frame {item['stop']}, but the session has "
                                f"{total_frames} frames")
