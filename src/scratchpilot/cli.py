@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "scratchpilot.data.cli",
     "scratchpilot.web.cli",
     "scratchpilot.car.cli",
+    "scratchpilot.transfer.cli",
     "scratchpilot.report.cli",
 )
 

@@ -100,11 +100,16 @@ class ReLU6(Layer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pass: np.ndarray | None = None
+        self._z: np.ndarray | None = None
 
     def forward(self, x, training=False):
-        self._pass = (x > 0) & (x < 6)
-        return np.clip(x, 0, 6)
+        # the input is kept (not copied) and the mask made only if a backward pass asks for it: inference,
+        # most of this layer's use, is two passes over the data instead of four
+        self._z = x
+        out = np.maximum(x, 0)
+        np.minimum(out, 6, out=out)
+        return out
 
     def backward(self, grad, input_grad=True):
-        return grad * self._pass
+        z = self._z
+        return grad * ((z > 0) & (z < 6))

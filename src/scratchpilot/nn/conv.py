@@ -31,6 +31,8 @@ time. Inference never holds more than one block's columns.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import init as _init
@@ -45,6 +47,35 @@ CACHE_BLOCK_ELEMENTS = 1 << 20
 
 #: the largest kernel, stride or padding a layer accepts (far above any real network; refuses absurd files)
 MAX_SPATIAL = 4096
+
+
+#: output elements per band of the depthwise forward pass (256 KiB in float32: two bands and their inputs
+#: stay in a core's L2 cache)
+DEPTHWISE_BLOCK_ELEMENTS = 1 << 16
+_pool = None
+
+
+def _workers() -> int:
+    """Threads for element-wise work: the cores this process may use (NumPy's ufuncs release the GIL on
+    arrays this size, so the bands of a depthwise layer run side by side as BLAS's threads would)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8))
+
+
+def _in_parallel(work, items) -> None:
+    """``work(item)`` for every item, on a shared pool of :func:`_workers` threads when there are several."""
+    global _pool
+    workers = _workers()
+    if workers == 1 or len(items) < 2:
+        for item in items:
+            work(item)
+        return
+    if _pool is None or _pool._max_workers != workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="scratchpilot-nn")
+    for future in [_pool.submit(work, item) for item in items]:
+        future.result()
 
 
 def _pair(value, name: str, layer: str) -> tuple[int, int]:
@@ -285,12 +316,27 @@ class DepthwiseConv2D(_SpatialLayer):
         self._check_input(x)
         pads, out_hw = self._geometry(x.shape[1], x.shape[2])
         xp = _pad(x, pads)
-        W = self.params["W"]
-        out = np.empty((x.shape[0], out_hw[0], out_hw[1], self.in_channels), dtype=np.result_type(x, W))
-        out[...] = self.params["b"]
-        for i in range(self.kernel[0]):
-            for j in range(self.kernel[1]):
-                out += xp[offset_slice(i, j, self.stride, out_hw)] * W[i, j]
+        W, b = self.params["W"], self.params["b"]
+        n, (ho, wo), c = x.shape[0], out_hw, self.in_channels
+        out = np.empty((n, ho, wo, c), dtype=np.result_type(x, W))
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        # a band of output rows of one image at a time, small enough to stay in cache through all kh·kw
+        # multiply-adds (a whole batch at once goes to memory and back once per kernel offset)
+        rows = max(1, DEPTHWISE_BLOCK_ELEMENTS // (wo * c))
+        bands = [(m, r, min(ho, r + rows)) for m in range(n) for r in range(0, ho, rows)]
+
+        def band(item) -> None:
+            m, r0, r1 = item
+            o = out[m, r0:r1]
+            o[...] = b
+            product = np.empty_like(o)
+            for i in range(kh):
+                for j in range(kw):
+                    np.multiply(xp[m, r0 * sh + i:(r1 - 1) * sh + i + 1:sh, j:j + sw * (wo - 1) + 1:sw], W[i, j],
+                                out=product)
+                    o += product
+
+        _in_parallel(band, bands)
         self._cache = (xp, pads, out_hw, x.shape)
         return out
 

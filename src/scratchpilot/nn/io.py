@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import activations, conv, layers, norm, optim, pooling
+from . import activations, conv, layers, norm, optim, pooling, residual
 from .archive import CONFIG_KEY, FORMAT, FORMAT_VERSION, Archive, ModelFileError, brief
 
 _LAYER_TYPES = {cls.__name__: cls for cls in (
     layers.Dense, layers.Dropout, layers.Flatten, layers.Reshape, activations.Sigmoid, activations.Tanh,
     activations.ReLU, activations.ReLU6, activations.LeakyReLU, conv.Conv2D, conv.DepthwiseConv2D,
-    pooling.MaxPool2D, pooling.AvgPool2D, pooling.GlobalAvgPool2D, norm.BatchNorm)}
+    pooling.MaxPool2D, pooling.AvgPool2D, pooling.GlobalAvgPool2D, norm.BatchNorm, residual.Residual)}
 _OPTIMIZERS = {"SGD": optim.SGD, "Adam": optim.Adam}
 #: the largest size of one dimension of ``input_shape`` a model file may declare
 MAX_DIMENSION = 1 << 24
@@ -109,12 +109,22 @@ def _build_layer(cfg: dict, where: str):
     trainable = cfg.get("trainable", True)
     if not isinstance(trainable, bool):
         raise ModelFileError(f"{where}: 'trainable' must be true or false, got {brief(trainable)}")
+    if cfg["type"] == "Residual":  # a block of inner layers, each built (and checked) the same way
+        inner = kwargs.get("layers")
+        if not isinstance(inner, list) or not inner:
+            raise ModelFileError(f"{where}: a Residual block needs a list of inner layers, got {brief(inner)}")
+        kwargs["layers"] = [_build_layer(c, f"{where}, inner layer {j}") for j, c in enumerate(inner)]
     try:
         layer = _LAYER_TYPES[cfg["type"]](**kwargs)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{where}: invalid layer {brief(cfg)}: {brief(str(exc), 300)}") from None
     layer.trainable = trainable
     return layer
+
+
+def _count_layers(layer_list) -> int:
+    """Layers in a stack, the inner layers of residual blocks included."""
+    return sum(1 + _count_layers(getattr(layer, "layers", ())) for layer in layer_list)
 
 
 def _build_optimizer(cfg: dict | None):
@@ -166,7 +176,7 @@ def load(path):
             plans = [_Plan(cfg, archive, f"m{k}.", f"member {k}: ") for k, cfg in enumerate(members_cfg)]
         else:
             plans = [_Plan(config, archive, "", "")]
-        layers_total = sum(len(plan.layers) for plan in plans)
+        layers_total = sum(_count_layers(plan.layers) for plan in plans)
         if layers_total > MAX_LAYERS:
             raise ModelFileError(f"{path}: {layers_total:,d} layers, more than the {MAX_LAYERS:,d} a model file "
                                  f"may describe")

@@ -452,6 +452,8 @@ def _brief(layer: Layer) -> str:
     def text(value):
         return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
+    if hasattr(layer, "layers"):  # a residual block
+        return f"{type(layer).__name__}({len(layer.layers)} layers)"
     skip = {"type", "init", "momentum", "eps"}
     args = [text(v) for k, v in layer.config().items() if k not in skip and v not in ([1, 1], "valid")]
     return f"{type(layer).__name__}({', '.join(args)})"
