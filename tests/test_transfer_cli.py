@@ -51,3 +51,20 @@ def test_a_single_class_is_a_clear_error(folder, tmp_path, capsys):
     PIL.new("L", (8, 8)).save(single / "a" / "x.png")
     assert main(["transfer", "train", str(single), "--out", str(tmp_path / "m.npz")]) == 2
     assert "only one class" in capsys.readouterr().err
+
+
+def test_predict_writes_csv_and_a_kaggle_submission(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHPILOT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m.npz"
+    assert main(["transfer", "train", str(folder), "--out", str(model), "--image-size", "64", "--epochs", "10",
+                 "--no-progress"]) == 0
+    numbered = tmp_path / "test"
+    numbered.mkdir()
+    for n, path in enumerate(sorted((folder / "1").glob("[0-9]*.png"))[:5], start=1):
+        (numbered / f"{n}.png").write_bytes(path.read_bytes())
+    assert main(["transfer", "predict", str(numbered), "--model", str(model), "--no-progress",
+                 "--csv", str(tmp_path / "p.csv"), "--submission", str(tmp_path / "s.csv")]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "file,label,confidence" and len(rows) == 6
+    submission = (tmp_path / "s.csv").read_text().splitlines()
+    assert submission[0] == "ImageId,Label" and [r.split(",")[0] for r in submission[1:]] == ["1", "2", "3", "4", "5"]

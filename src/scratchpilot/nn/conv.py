@@ -53,6 +53,7 @@ MAX_SPATIAL = 4096
 #: stay in a core's L2 cache)
 DEPTHWISE_BLOCK_ELEMENTS = 1 << 16
 _pool = None
+_pool_workers = 0
 
 
 def _workers() -> int:
@@ -64,16 +65,16 @@ def _workers() -> int:
 
 def _in_parallel(work, items) -> None:
     """``work(item)`` for every item, on a shared pool of :func:`_workers` threads when there are several."""
-    global _pool
+    global _pool, _pool_workers
     workers = _workers()
     if workers == 1 or len(items) < 2:
         for item in items:
             work(item)
         return
-    if _pool is None or _pool._max_workers != workers:
+    if _pool_workers != workers:
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="scratchpilot-nn")
+        _pool, _pool_workers = ThreadPoolExecutor(workers, thread_name_prefix="scratchpilot-nn"), workers
     for future in [_pool.submit(work, item) for item in items]:
         future.result()
 

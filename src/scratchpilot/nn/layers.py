@@ -24,6 +24,23 @@ def check_positive_int(value, name: str, layer: str) -> int:
     return int(value)
 
 
+def check_layer_list(layers, who: str) -> list:
+    """``layers`` as a list of distinct :class:`Layer` objects, or a TypeError/ValueError naming ``who``'s layer.
+
+    A layer keeps what its backward pass needs from its last forward, so one object cannot stand twice.
+    """
+    layers = list(layers)
+    seen: set[int] = set()
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{who}layer {i} is {type(layer).__name__}, not a scratchpilot.nn Layer")
+        if id(layer) in seen:
+            raise ValueError(f"{who}layer {i} ({layer!r}) is the same object as an earlier layer; give each "
+                             f"place its own layer (ReLU(), not one ReLU used twice)")
+        seen.add(id(layer))
+    return layers
+
+
 class Layer:
     """Base class. Layers without parameters leave ``params`` empty."""
 

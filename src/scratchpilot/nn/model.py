@@ -20,7 +20,7 @@ import numpy as np
 
 from . import fast as _fast
 from ._progress import ProgressBar
-from .layers import Layer
+from .layers import Layer, check_layer_list
 from .losses import Loss, SoftmaxCrossEntropy
 from .optim import SGD, Optimizer
 
@@ -148,16 +148,7 @@ class Sequential:
                  dtype=np.float32, input_shape: Sequence[int] | None = None) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
-        seen: set[int] = set()
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is {type(layer).__name__}, not a scratchpilot.nn Layer")
-            if id(layer) in seen:
-                # a layer keeps what its backward pass needs from its last forward: it cannot stand twice
-                raise ValueError(f"layer {i} ({layer!r}) is the same object as an earlier layer; give each "
-                                 f"place its own layer (ReLU(), not one ReLU used twice)")
-            seen.add(id(layer))
-        self.layers = list(layers)
+        self.layers = check_layer_list(layers, "")
         self.loss = loss if loss is not None else SoftmaxCrossEntropy()
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.1)
         self.dtype = np.dtype(dtype)

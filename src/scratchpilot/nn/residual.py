@@ -20,23 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .layers import Layer
+from .layers import Layer, check_layer_list
 
 
 class Residual(Layer):
     """``y = x + f(x)`` for the chain of ``layers`` (which must keep the shape of its input)."""
 
     def __init__(self, layers: Sequence[Layer]) -> None:
-        layers = list(layers)
+        layers = check_layer_list(layers, "Residual: inner ")
         if not layers:
             raise ValueError("Residual needs at least one inner layer")
-        seen: set[int] = set()
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Residual: inner layer {i} is {type(layer).__name__}, not a Layer")
-            if id(layer) in seen:
-                raise ValueError(f"Residual: inner layer {i} ({layer!r}) is the same object as an earlier one")
-            seen.add(id(layer))
         self.layers = layers
         super().__init__()
         self.decay = tuple(f"{i}.{name}" for i, layer in enumerate(layers) for name in layer.decay)

@@ -103,12 +103,12 @@ def _load_model(path, cache_dir):
         raise CommandError(str(exc)) from None
 
 
-def _features(files, backbone, args, desc):
+def _features(paths, names, backbone, args, desc):
+    """The backbone's features of the images, through the bottleneck cache."""
     from .features import BottleneckCache, default_cache_root, extract_features
 
     cache = BottleneckCache(default_cache_root(args.cache_dir), backbone)
-    return extract_features([f.path for f in files], [f.name for f in files], backbone, cache=cache,
-                            progress=not args.no_progress, desc=desc)
+    return extract_features(paths, names, backbone, cache=cache, progress=not args.no_progress, desc=desc)
 
 
 def _report_problems(skipped: list[str], bad: list[dict]) -> None:
@@ -202,7 +202,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"backbone {full.name}, features of shape {features_from.feature_shape} "
           f"({features_from.spec.size}×{features_from.spec.size} {features_from.spec.mode})")
 
-    feats = _features(folders.files, features_from, args, "bottlenecks")
+    feats = _features([f.path for f in folders.files], [f.name for f in folders.files], features_from, args,
+                      "bottlenecks")
     _report_problems(folders.skipped, feats.bad)
     if not len(feats.kept):
         raise CommandError(f"{folders.root}: none of its images could be read")
@@ -284,11 +285,11 @@ def _image_files(inputs: list[str]) -> list[tuple[Path, str]]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
+    import io
 
     import numpy as np
 
     from ..util.files import atomic_write
-    from .features import BottleneckCache, default_cache_root, extract_features
 
     model = _load_model(args.model, args.cache_dir)
     files = _image_files(args.inputs)
@@ -299,9 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise CommandError(f"{name}: a Kaggle submission needs numbered files (1.jpg, 2.jpg ... as "
                                    f"'digits export-images' writes them)")
             ids.append(int(path.stem))
-    cache = BottleneckCache(default_cache_root(args.cache_dir), model.backbone)
-    feats = extract_features([p for p, _ in files], [n for _, n in files], model.backbone, cache=cache,
-                             progress=not args.no_progress, desc="images")
+    feats = _features([p for p, _ in files], [n for _, n in files], model.backbone, args, "images")
     _report_problems([], feats.bad)
     probabilities = model.predict_proba(feats.values) if len(feats.kept) else np.zeros((0, len(model.labels)))
     k = min(args.top, len(model.labels))
@@ -316,11 +315,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"... {len(rows) - 200:,d} more (see --csv / --json)")
     if args.csv:
         with atomic_write(args.csv) as fh:
-            text = _TextSink(fh)
+            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
             writer = csv.writer(text)
             writer.writerow(["file", "label", "confidence"])
             for r in rows:
                 writer.writerow([r["file"], r["top"][0]["label"], f"{r['top'][0]['probability']:.6f}"])
+            text.flush()
+            text.detach()  # atomic_write closes (and syncs) the file itself
         print(f"wrote {len(rows):,d} predictions to {args.csv}")
     if args.submission:
         _write_submission(args.submission, ids, feats.kept, rows)
@@ -350,23 +351,13 @@ def _write_submission(path, ids: list[int], kept: list[int], rows: list[dict]) -
     print(f"wrote a submission of {len(labels):,d} rows to {path}")
 
 
-class _TextSink:
-    """``write(str)`` onto a binary file (what the csv module needs from ``atomic_write``'s handle)."""
-
-    def __init__(self, fh) -> None:
-        self._fh = fh
-
-    def write(self, text: str) -> int:
-        self._fh.write(text.encode("utf-8"))
-        return len(text)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     model = _load_model(args.model, args.cache_dir)
     folders = _folders(args.images, labels=model.labels)
-    feats = _features(folders.files, model.backbone, args, "images")
+    feats = _features([f.path for f in folders.files], [f.name for f in folders.files], model.backbone, args,
+                      "images")
     _report_problems(folders.skipped, feats.bad)
     if not len(feats.kept):
         raise CommandError(f"{folders.root}: none of its images could be read")

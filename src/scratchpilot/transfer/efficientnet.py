@@ -15,9 +15,9 @@ is an affine map per channel, y = γ (z − μ)/√(σ² + ε) + β, so it is fo
 
     W' = W · s,   b' = β − μ · s,   s = γ / √(σ² + ε)     (per output channel; ε = 10⁻³ here)
 
-which leaves 4.65 million parameters in 61 layers. Padding is TensorFlow's "same", as the weights were
-trained with. Lite models have no squeeze-and-excitation and use ReLU6 instead of swish, so every piece
-is an existing engine layer.
+which leaves 4,631,000 parameters in 48 layers (a skip-connected block counts as one). Padding is
+TensorFlow's "same", as the weights were trained with. Lite models have no squeeze-and-excitation and
+use ReLU6 instead of swish, so every piece is an existing engine layer.
 
 The converted network is saved once as a scratchpilot ``.npz`` in the cache (:func:`load_efficientnet_lite0`);
 every later use loads that file (no pickle) instead of reading the ``.pth`` again.
@@ -87,20 +87,20 @@ def _fold(weights: dict[str, np.ndarray], conv: str, bn: str, depthwise: bool = 
     return (W * scale).astype(np.float32), (beta - mean * scale).astype(np.float32)
 
 
-def _conv(weights, conv, bn, in_channels, out_channels, kernel=1, stride=1) -> nn.Conv2D:
-    layer = nn.Conv2D(in_channels, out_channels, kernel, stride, padding="same")
-    W, b = _fold(weights, conv, bn)
+def _with_weights(layer, W: np.ndarray, b: np.ndarray):
     layer.params = {"W": W, "b": b}
     layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
     return layer
+
+
+def _conv(weights, conv, bn, in_channels, out_channels, kernel=1, stride=1) -> nn.Conv2D:
+    return _with_weights(nn.Conv2D(in_channels, out_channels, kernel, stride, padding="same"),
+                         *_fold(weights, conv, bn))
 
 
 def _depthwise(weights, conv, bn, channels, kernel, stride) -> nn.DepthwiseConv2D:
-    layer = nn.DepthwiseConv2D(channels, kernel, stride, padding="same")
-    W, b = _fold(weights, conv, bn, depthwise=True)
-    layer.params = {"W": W, "b": b}
-    layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
-    return layer
+    return _with_weights(nn.DepthwiseConv2D(channels, kernel, stride, padding="same"),
+                         *_fold(weights, conv, bn, depthwise=True))
 
 
 def _check_shapes(weights: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source) -> None:
@@ -168,11 +168,9 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray], source="weights") -
     block_starts.append(len(layers))  # the head counts as the last block for fine-tuning
     layers += [_conv(weights, "_conv_head", "_bn1", STAGES[-1][5], HEAD_WIDTH), nn.ReLU6(), nn.GlobalAvgPool2D()]
     feature_cut = len(layers)
-    fc = nn.Dense(HEAD_WIDTH, N_CLASSES)
-    fc.params = {"W": np.ascontiguousarray(weights["_fc.weight"].T, dtype=np.float32),
-                 "b": weights["_fc.bias"].astype(np.float32)}
-    fc.grads = {k: np.zeros_like(v) for k, v in fc.params.items()}
-    layers.append(fc)
+    layers.append(_with_weights(nn.Dense(HEAD_WIDTH, N_CLASSES),
+                                np.ascontiguousarray(weights["_fc.weight"].T, dtype=np.float32),
+                                weights["_fc.bias"].astype(np.float32)))
     size = PREPROCESS["size"]
     model = nn.Sequential(layers, seed=0, input_shape=(size, size, 3))
     model.metadata = {"task": "backbone", "backbone": NAME, "source_sha256": WEIGHTS_SHA256,

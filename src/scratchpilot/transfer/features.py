@@ -172,7 +172,7 @@ class BottleneckCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not (self.root / "backbone.json").exists():
+            if not self.writes:  # which backbone these entries belong to, for whoever looks in the folder
                 (self.root / "backbone.json").write_text(self.backbone_key, encoding="utf-8")
             with open(tmp, "wb") as fh:
                 fh.write(np.ascontiguousarray(features, dtype="<f4").tobytes())

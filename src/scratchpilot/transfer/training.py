@@ -96,10 +96,6 @@ def transfer_metadata(features_from: Backbone, labels: list[str], fine_tuned: bo
             "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **facts}
 
 
-def is_transfer_model(model) -> bool:
-    return isinstance(getattr(model, "metadata", None), dict) and model.metadata.get("task") == TASK
-
-
 def load_transfer_model(path, cache_dir=None) -> TransferModel:
     """A transfer model file and its backbone, checked: the backbone must be the one it was trained on."""
     path = Path(path)
