@@ -60,21 +60,39 @@ class Backbone:
         return {"name": self.name, "key": self.key, "cut": self.cut, "feature_shape": list(self.feature_shape)}
 
 
-def _cut_model(network: nn.Sequential, cut: int) -> nn.Sequential:
-    """The first ``cut`` layers of ``network`` as a frozen inference model (the layers are shared)."""
+def _cut_model(network: nn.Sequential, cut: int, spec: ImageSpec) -> nn.Sequential:
+    """The first ``cut`` layers of ``network`` as a frozen inference model taking ``spec``'s images (the
+    layers are shared). A network that takes flat vectors (a digits model) gets the image flattened first."""
     layers = network.layers[:cut]
     for layer in layers:
         layer.trainable = False
-    return nn.Sequential(layers, seed=0, input_shape=network.input_shape, dtype=network.dtype)
+    image = (spec.size, spec.size, spec.channels)
+    if len(network.input_shape or ()) == 1:
+        layers = [nn.Reshape((int(np.prod(image)),)), *layers]
+    return nn.Sequential(layers, seed=0, input_shape=image, dtype=network.dtype)
 
 
 def _spec_for(model: nn.Sequential, path) -> ImageSpec:
-    """A scratchpilot model's image input: its ``input_shape`` (square, 1 or 3 channels), pixels / 255."""
-    shape = model.input_shape
-    if shape is None or len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
-        raise BackboneError(f"{path}: a backbone must take square images (H, H, 1 or 3); this model takes "
-                            f"{shape or 'flat vectors'}")
-    return ImageSpec(mode="L" if shape[2] == 1 else "RGB", size=int(shape[0]), crop=1.0, mean=0.0, std=255.0)
+    """A scratchpilot model's image input, pixels / 255: its ``input_shape`` when that is a square image
+    (H, H, 1 or 3), or the square grey or colour image a flat input of H·H or H·H·3 numbers is (a digits
+    model takes 784 = 28·28)."""
+    shape = tuple(model.input_shape or ())
+    if len(shape) == 3 and shape[0] == shape[1] and shape[2] in (1, 3):
+        size, channels = shape[0], shape[2]
+    elif len(shape) == 1 and _square_side(shape[0]):
+        size, channels = _square_side(shape[0]), 1
+    elif len(shape) == 1 and shape[0] % 3 == 0 and _square_side(shape[0] // 3):
+        size, channels = _square_side(shape[0] // 3), 3
+    else:
+        raise BackboneError(f"{path}: a backbone must take square images (H, H, 1 or 3) or H·H (·3) numbers; "
+                            f"this model takes {shape or 'an unknown shape'}")
+    return ImageSpec(mode="L" if channels == 1 else "RGB", size=int(size), crop=1.0, mean=0.0, std=255.0)
+
+
+def _square_side(n: int) -> int:
+    """H if n = H·H (H ≥ 2), else 0."""
+    side = int(round(float(n) ** 0.5))
+    return side if side >= 2 and side * side == n else 0
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, cut: int | None = None, *, image_size: int | None = None,
@@ -113,16 +131,16 @@ def load_backbone(name: str = DEFAULT_BACKBONE, cut: int | None = None, *, image
         if cut is None:
             raise BackboneError(f"{path}: say where to cut it with --cut N (the layers before N are kept); its "
                                 f"layers:\n{network.summary()}")
-        if image_size is not None and image_size != (network.input_shape or [None])[0]:
-            raise BackboneError(f"{path}: this backbone takes {network.input_shape} images; --image-size applies "
-                                f"to {DEFAULT_BACKBONE} only")
         spec = _spec_for(network, path)
+        if image_size is not None and image_size != spec.size:
+            raise BackboneError(f"{path}: this backbone takes {spec.size}×{spec.size} images; --image-size "
+                                f"applies to {DEFAULT_BACKBONE} only")
         identity = f"file:{sha256_file(path)}"
         blocks = []
         name = str(path)
     if isinstance(cut, bool) or not isinstance(cut, int) or not 1 <= cut <= len(network.layers):
         raise BackboneError(f"{name}: --cut must be from 1 to {len(network.layers)} (its layer count), got {cut!r}")
-    model = _cut_model(network, cut)
+    model = _cut_model(network, cut, spec)
     key = json.dumps({"network": identity, "cut": cut, "spec": spec.to_dict()}, sort_keys=True)
     return Backbone(name=name, key=key, spec=spec, model=model, cut=cut, network=network, block_starts=blocks)
 
@@ -132,7 +150,7 @@ def recut(backbone: Backbone, cut: int) -> Backbone:
     parts = json.loads(backbone.key)
     parts["cut"] = cut
     return Backbone(name=backbone.name, key=json.dumps(parts, sort_keys=True), spec=backbone.spec,
-                    model=_cut_model(backbone.network, cut), cut=cut, network=backbone.network,
+                    model=_cut_model(backbone.network, cut, backbone.spec), cut=cut, network=backbone.network,
                     block_starts=backbone.block_starts)
 
 

@@ -117,10 +117,15 @@ def prepare_image(data: bytes, spec: ImageSpec, where: str = "image") -> np.ndar
         width, height = picture.size
         scale = side / min(width, height)
         resized = (max(spec.size, round(width * scale)), max(spec.size, round(height * scale)))
-        if resized != picture.size:
-            picture = picture.resize(resized, Image.BILINEAR)
         left, top = (resized[0] - spec.size) // 2, (resized[1] - spec.size) // 2
-        picture = picture.crop((left, top, left + spec.size, top + spec.size))
+        if resized != picture.size:
+            # only the centre is scaled (``box``: where it lies in the picture): the pixels of scaling the
+            # whole picture and cutting them out, without the whole (a 1 × 10⁶ one would take 250 GB)
+            sx, sy = width / resized[0], height / resized[1]
+            box = (left * sx, top * sy, (left + spec.size) * sx, (top + spec.size) * sy)
+            picture = picture.resize((spec.size, spec.size), Image.BILINEAR, box=box)
+        else:
+            picture = picture.crop((left, top, left + spec.size, top + spec.size))
         pixels = np.asarray(picture, dtype=np.float32)
     except ImageDecodeError:
         raise

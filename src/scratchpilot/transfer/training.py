@@ -25,6 +25,8 @@ from .features import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from .images import ImageSpec
 
 TASK = "transfer"
+#: the logit change one Adam step of the new layer aims at (see ``train_head``)
+HEAD_LOGIT_STEP = 0.2
 
 
 class TransferModelError(ValueError):
@@ -45,14 +47,15 @@ class TransferModel:
 
 def fine_tune_cut(backbone: Backbone) -> int:
     """Where the features are taken when the last block is fine-tuned: the start of the last block before
-    the feature cut (EfficientNet's 192 → 320 block), or for a scratchpilot backbone the last layer with
-    weights before the cut."""
+    the feature cut (EfficientNet's 192 → 320 block), or for a scratchpilot backbone its last Dense or
+    convolution before the cut (with the normalisation and activation after it)."""
     starts = [s for s in backbone.block_starts if s < backbone.cut - 1]
     if len(starts) >= 2:
         return starts[-2]
-    weighted = [i for i, layer in enumerate(backbone.network.layers[:backbone.cut]) if layer.params]
+    weighted = [i for i, layer in enumerate(backbone.network.layers[:backbone.cut]) if "W" in layer.params and i >= 1]
     if not weighted:
-        raise BackboneError(f"{backbone.name}: no layer with weights before the cut, nothing to fine-tune")
+        raise BackboneError(f"{backbone.name}: no layer with weights between its first layer and the cut, "
+                            f"nothing to fine-tune (to train it all, train a model of your own)")
     return weighted[-1]
 
 
@@ -81,9 +84,18 @@ def build_head(backbone: Backbone, n_classes: int, start: int | None, seed: int)
 def train_head(head: nn.Sequential, train: tuple[np.ndarray, np.ndarray], validation, *, epochs: int,
                batch_size: int = 64, fine_tuning: bool = False, progress: bool = True) -> nn.History:
     """Adam on the cross-entropy; early stopping on validation accuracy (the best epoch kept) when there
-    is a validation set."""
+    is a validation set.
+
+    Adam moves every weight by about ``lr`` a step, so a logit z = x·w moves by about lr·‖x‖₁: the new
+    layer's rate is ``HEAD_LOGIT_STEP / mean ‖x‖₁`` within [1e-3, 1e-2], which keeps 1e-3 for
+    EfficientNet's wide features and lets a narrow backbone's (say 32 numbers) learn in as many epochs.
+    """
     if fine_tuning:
         head.optimizer = nn.Adam(lr=1e-4)
+    else:
+        X = train[0].reshape(len(train[0]), -1)
+        l1 = float(np.mean(np.abs(X).sum(axis=1))) if len(X) else 0.0
+        head.optimizer = nn.Adam(lr=float(np.clip(HEAD_LOGIT_STEP / max(l1, 1e-12), 1e-3, 1e-2)))
     stopper = nn.EarlyStopping(patience=max(3, epochs // 4), monitor="val_accuracy") if validation else None
     return head.fit(*train, epochs=epochs, batch_size=batch_size, validation_data=validation,
                     early_stopping=stopper, progress=progress)
