@@ -405,7 +405,8 @@ def test_a_weights_pickle_naming_a_global_is_refused_even_with_the_right_checksu
     assert str(err.value).startswith(f"{path}: ") and not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "byte flipped", "config flipped", "garbage", "another model"])
+@pytest.mark.parametrize("damage", ["truncated", "byte flipped", "config flipped", "garbage", "another model",
+                                    "re-saved with other weights"])
 def test_a_damaged_converted_network_is_converted_again(tmp_path, monkeypatch, lite0, damage):
     """The converted .npz in the cache damaged (cut short, a weight's byte changed, not a model, an unrelated
     model): never used; the network is converted again from the .pth and the cache file repaired."""
@@ -423,6 +424,11 @@ def test_a_damaged_converted_network_is_converted_again(tmp_path, monkeypatch, l
     target.write_bytes(bytes(raw) if damage != "garbage" else np.random.default_rng(0).bytes(5000))
     if damage == "another model":
         save_backbone(target)
+    if damage == "re-saved with other weights":  # a valid file with the right metadata, one weight changed
+        target.write_bytes(good)
+        forged = nn.load(target)
+        forged.layers[0].params["W"][0, 0, 0, 0] += 1.0
+        forged.save(target)
     converted = []
     real = efficientnet.read_torch_weights
     monkeypatch.setattr(efficientnet, "read_torch_weights", lambda *a, **k: converted.append(1) or real(*a, **k))

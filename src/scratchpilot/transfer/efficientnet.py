@@ -25,6 +25,7 @@ every later use loads that file (no pickle) instead of reading the ``.pth`` agai
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -175,8 +176,20 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray], source="weights") -
     model = nn.Sequential(layers, seed=0, input_shape=(size, size, 3))
     model.metadata = {"task": "backbone", "backbone": NAME, "source_sha256": WEIGHTS_SHA256,
                       "conversion_version": CONVERSION_VERSION, "block_starts": block_starts,
-                      "feature_cut": feature_cut, "preprocess": dict(PREPROCESS), "labels": imagenet_classes()}
+                      "feature_cut": feature_cut, "preprocess": dict(PREPROCESS), "labels": imagenet_classes(),
+                      "parameters_sha256": parameters_digest(model)}
     return model
+
+
+def parameters_digest(model: nn.Sequential) -> str:
+    """SHA-256 of every parameter's name, shape and bytes in layer order: what the converted file must
+    still hold when it is read back (a damaged or altered cache entry is converted again)."""
+    digest = hashlib.sha256()
+    for i, layer in enumerate(model.layers):
+        for name, value in layer.params.items():
+            digest.update(f"{i}.{name}{value.shape}{value.dtype}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def converted_path(cache_dir=None) -> Path:
@@ -197,7 +210,9 @@ def load_efficientnet_lite0(cache_dir=None, *, weights: Path | None = None) -> n
     if target.is_file():
         try:
             model = nn.load(target)
-            if model.metadata.get("source_sha256") == WEIGHTS_SHA256:
+            meta = model.metadata if isinstance(model.metadata, dict) else {}
+            if (meta.get("source_sha256") == WEIGHTS_SHA256 and meta.get("conversion_version") == CONVERSION_VERSION
+                    and meta.get("parameters_sha256") == parameters_digest(model)):
                 return model
         except nn.ModelFileError:
             pass  # a damaged cache entry: convert again
