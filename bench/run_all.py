@@ -3,7 +3,9 @@
 The long ones run on their own: ``cnn_accuracy.py`` (the digits CNN, ~20 min a seed),
 ``pilot_recipe.py`` (the demo's recipe over three training seeds, ~15-20 min), ``pilot_appearance.py``
 (one recipe under every look, ~7 min a seed) and ``pilot_invariance.py`` (preprocessing and augmentation
-choices on paired frames, ~8 min)."""
+choices on paired frames, ~8 min), ``transfer.py`` (EfficientNet-Lite0 retrained on MNIST and
+Fashion-MNIST JPEG folders beside from-scratch networks, ~30 min) and ``transfer_parity.py`` (logits and
+speed against PyTorch; needs the bench extra, ~2 min)."""
 
 from __future__ import annotations
 
