@@ -45,13 +45,16 @@ def add_parser(subparsers) -> None:
     model = commands.add_parser("model", help="assess a trained model on a labelled dataset",
                                 description="Accuracy with a 95%% Wilson interval, confusion matrix, per-class "
                                             "precision/recall/F1, learning curves, the most confident mistakes, "
-                                            "calibration (reliability diagram, ECE). Works for digits models and "
-                                            "for pilots (on a folder of driving sessions).")
+                                            "calibration (reliability diagram, ECE). Works for digits models, "
+                                            "for pilots (on a folder of driving sessions) and for transfer "
+                                            "models (on a folder with one subfolder of images per class).")
     model.add_argument("model", metavar="MODEL", help="a model file (.npz) written by scratchpilot")
     model.add_argument("dataset", metavar="DATASET", help=DATA_HELP)
     model.add_argument("--out", default="model-report.html", type=options.output_file(".html"),
                        help="HTML file (default model-report.html)")
     model.add_argument("--json", metavar="PATH", type=options.json_file, help="write the report's figures as JSON")
+    model.add_argument("--cache-dir", help="for a transfer model: where converted backbones and bottleneck "
+                                           "features are kept (default: SCRATCHPILOT_CACHE or ~/.cache/scratchpilot)")
     model.add_argument("--no-progress", action="store_true", help="no progress bars")
     model.set_defaults(func=cmd_model)
 
@@ -93,7 +96,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     try:
         report = model.build_model_report(args.model, args.dataset, progress=not args.no_progress,
-                                          out_name=str(args.out))
+                                          out_name=str(args.out), cache_dir=args.cache_dir)
     except (data.ReportError, driving.SessionReportError, model.ModelReportError) as exc:
         raise CommandError(str(exc)) from None
     _write(report, args)

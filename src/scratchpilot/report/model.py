@@ -1,8 +1,10 @@
 """``report model``: assess a trained model on a labelled dataset (CRISP-DM "evaluation").
 
-Works for a digits model on any digits dataset (names, Kaggle CSV, IDX, image folder) and for a pilot
+Works for a digits model on any digits dataset (names, Kaggle CSV, IDX, image folder), for a pilot
 on a folder of driving sessions: the pilot's frames go through the preprocessing stored in the model
-file (``metadata["preprocessing"]``) and its label names come from ``metadata["labels"]``.
+file (``metadata["preprocessing"]``) and its label names come from ``metadata["labels"]``; and for a
+transfer model (``transfer train``) on an image folder with one subfolder per class, its images going
+through the model's backbone and the bottleneck cache exactly as in ``transfer evaluate``.
 
 The page shows accuracy with a 95% Wilson interval; the confusion matrix; precision, recall, F1 and
 calibration per label; learning curves from the history saved in the model file; the most confident
@@ -147,8 +149,89 @@ def _pilot_inputs(model, model_path, spec: str):
     return features, frames.labels, frames.features, locate, Path(spec).name, session_of, labels
 
 
-def build_model_report(model_path, dataset_spec: str, progress: bool = True, out_name: str | None = None) -> Report:
-    """Assess the model in ``model_path`` on ``dataset_spec`` and render the report."""
+THUMB_SIDE = 64
+
+
+class _ImageFiles:
+    """The report's display images of a transfer dataset: image ``i`` is read from its file only when
+    shown (a confident mistake), upright and shrunk to at most ``THUMB_SIDE`` pixels a side, as uint8."""
+
+    def __init__(self, paths: list[Path], names: list[str]) -> None:
+        self.paths, self.names = paths, names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        from ..transfer.images import FORMATS, _to_mode, _upright
+        from ..util.images import ImageDecodeError, open_image
+
+        try:
+            picture = open_image(self.paths[i].read_bytes(), where=self.names[i], formats=FORMATS,
+                                 draft=("RGB", THUMB_SIDE))
+            picture = _to_mode(_upright(picture), "L" if picture.mode in ("1", "L", "I;16", "I", "F") else "RGB")
+            picture.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
+            return np.asarray(picture, dtype=np.uint8)
+        except (OSError, ValueError, ImageDecodeError):  # read at feature time, gone or changed since
+            return np.full((THUMB_SIDE, THUMB_SIDE), 128, np.uint8)
+
+
+def _transfer_inputs(model_path, dataset_folder: str, progress: bool, cache_dir=None):
+    """The same for a transfer model on a folder with one subfolder of images per class (the folder names
+    are the model's labels): features through the model's backbone and the bottleneck cache, as in
+    ``transfer evaluate``. Also returns the :class:`TransferModel` and the files skipped (not images by
+    their suffix) and unreadable."""
+    from ..transfer.features import BottleneckCache, default_cache_root, extract_features
+    from ..transfer.folders import FolderError, scan_class_folders
+    from ..transfer.training import TransferModelError, load_transfer_model
+
+    try:
+        transfer = load_transfer_model(model_path, cache_dir)
+    except TransferModelError as exc:
+        raise ModelReportError(str(exc)) from None
+    try:
+        folders = scan_class_folders(dataset_folder, labels=transfer.labels, need_two=False)
+    except FolderError as exc:
+        raise ModelReportError(f"{exc} ({Path(model_path).name} is a transfer model: it is assessed on a folder "
+                               "with one subfolder of images per class, named after its labels)") from None
+    paths, names = [f.path for f in folders.files], [f.name for f in folders.files]
+    cache = BottleneckCache(default_cache_root(cache_dir), transfer.backbone)
+    feats = extract_features(paths, names, transfer.backbone, cache=cache, progress=progress, desc="images")
+    if not len(feats.kept):
+        raise ModelReportError(f"{folders.root}: none of its {len(paths):,d} images could be read")
+    kept = feats.kept
+    labels = np.array([folders.files[i].label for i in kept], dtype=np.int64)
+    images = _ImageFiles([paths[i] for i in kept], [names[i] for i in kept])
+
+    def locate(i: int) -> str:
+        return images.names[i]
+
+    problems = {"found": len(paths), "read": len(kept), "skipped_not_images": folders.skipped,
+                "unreadable": feats.bad}
+    return (transfer, feats.values, labels, images, locate, Path(dataset_folder).name or str(folders.root),
+            list(transfer.labels), problems)
+
+
+def _problems_html(problems: dict) -> str:
+    """What a transfer dataset's folder held that the report could not use."""
+    bad, skipped = problems["unreadable"], problems["skipped_not_images"]
+    text = (f"<p>{problems['read']:,d} of the folder's {problems['found']:,d} images were read; "
+            f"<b>{len(bad):,d} unreadable images were skipped</b>"
+            + (f" and {len(skipped):,d} files that are not images" if skipped else "") + ".</p>")
+    if bad:
+        text += H.table(("unreadable image", "why"), [(b["file"], b["message"]) for b in bad[:MAX_MISTAKES_LISTED]],
+                        wrap=(1,))
+    return text
+
+
+def build_model_report(model_path, dataset_spec: str, progress: bool = True, out_name: str | None = None,
+                       cache_dir=None) -> Report:
+    """Assess the model in ``model_path`` on ``dataset_spec`` and render the report.
+
+    ``cache_dir``: where a transfer model's backbone and bottleneck features are kept (default:
+    SCRATCHPILOT_CACHE or ~/.cache/scratchpilot)."""
     from ..data import sha256_file
     from ..digits.metrics import confusion_matrix, per_class_report, wilson_interval
     from . import plots
@@ -157,9 +240,16 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
     started = time.perf_counter()
     model = _load_model(model_path)
     metadata = model.metadata
-    pilot = is_sessions_folder(dataset_spec)
+    transfer = problems = None
+    task = "transfer" if metadata.get("task") == "transfer" else "pilot" if is_sessions_folder(dataset_spec) \
+        else "digits"
+    pilot = task == "pilot"
     try:
-        if pilot:
+        if task == "transfer":
+            transfer, features, labels, images, locate, dataset_name, label_names, problems = _transfer_inputs(
+                model_path, dataset_spec, progress, cache_dir)
+            model, groups = transfer.head, None
+        elif pilot:
             features, labels, images, locate, dataset_name, groups, label_names = _pilot_inputs(
                 model, model_path, dataset_spec)
         else:
@@ -171,7 +261,7 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
         raise ModelReportError(f"{dataset_name}: label {int(labels.max())} is beyond the model's "
                                f"{model.n_outputs} outputs")
 
-    scores = model.predict_proba(features).astype(np.float64)
+    scores = (transfer or model).predict_proba(features).astype(np.float64)
     normalised = type(model.loss).__name__ != "SoftmaxCrossEntropy"
     if normalised:  # sigmoid outputs: make them a distribution so that confidences are comparable
         scores = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
@@ -217,12 +307,16 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
     title = f"Model report: {model_path.name} on {dataset_name}"
     about = [("file", H.Raw(f"<code>{H.esc(model_path)}</code>")),
              ("sha256", H.Raw(f"<code>{sha256_file(model_path)}</code>")),
-             ("task", metadata.get("task") or ("pilot" if pilot else "digits")),
+             ("task", metadata.get("task") or task),
              ("labels", ", ".join(label_names)), ("parameters", f"{model.n_parameters():,d}"),
              ("loss", type(model.loss).__name__ + (" (outputs normalised to sum to 1 for the confidences)"
                                                   if normalised else ""))]
-    for key in ("dataset", "trained_at", "n_train", "seed", "test_accuracy", "test_dataset"):
-        if key in metadata:
+    if transfer is not None:
+        about.append(("backbone", f"{transfer.backbone.name}, cut before layer {transfer.backbone.cut}, features "
+                                  f"{'×'.join(map(str, transfer.backbone.feature_shape))}"
+                      + (", last block fine-tuned" if metadata.get("fine_tuned_last_block") else "")))
+    for key in ("dataset", "trained_at", "n_train", "seed", "test_accuracy", "test_dataset", "n_test"):
+        if metadata.get(key) is not None:
             about.append((key.replace("_", " "), metadata[key]))
     for key, name in (("train_config", "training"), ("preprocessing", "preprocessing")):
         if key in metadata:  # settings shown as they are; a pilot's spec was checked by Pilot, a digits one here
@@ -232,6 +326,7 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
     model_html = H.key_values(about) + f"<h3>Layers</h3><pre class=\"mono\">{H.esc(model.summary())}</pre>"
 
     accuracy_html = [
+        _problems_html(problems) if problems else "",
         f"<p>Accuracy <b>{n_correct / n:.2%}</b> ({n_correct:,d} of {n:,d}); 95% Wilson interval "
         f"<b>{low:.2%} – {high:.2%}</b>. Macro-averaged precision {macro['precision']:.2%}, recall "
         f"{macro['recall']:.2%}, F1 {macro['f1']:.2%}.</p>",
@@ -289,19 +384,24 @@ def build_model_report(model_path, dataset_spec: str, progress: bool = True, out
     from .. import __version__
 
     data = {"report": "model", "title": title, "scratchpilot_version": __version__, "model": str(model_path),
-            "dataset": dataset_name, "task": "pilot" if pilot else "digits", "labels": label_names, "n": n,
+            "dataset": dataset_name, "task": task, "labels": label_names, "n": n,
             "correct": n_correct, "accuracy": n_correct / n, "accuracy_ci95": [low, high],
             "confusion": confusion.tolist(), "per_class": per_class, "macro": macro,
             "calibration": {"bins": bins, "ece": ece, "mce": mce, "n_bins": N_BINS,
                             "scores_normalised": normalised},
             "most_confused": confused, "confident_mistakes": mistakes, "per_session": per_group,
             "history": history, "seconds": seconds}
+    if problems:
+        data["images"] = problems
     lines = [f"# {title}", "",
              f"- accuracy **{n_correct / n:.2%}** ({n_correct:,d} / {n:,d}), 95% CI {low:.2%} – {high:.2%}",
              f"- macro precision {macro['precision']:.2%}, recall {macro['recall']:.2%}, F1 {macro['f1']:.2%}",
              f"- calibration: expected calibration error {ece:.2%}",
              "- weakest label: " + min(present, key=lambda r: r["f1"])["label"]
              + f" (F1 {min(r['f1'] for r in present):.2%})"]
+    if problems and (problems["unreadable"] or problems["skipped_not_images"]):
+        lines.append(f"- skipped {len(problems['unreadable']):,d} unreadable images and "
+                     f"{len(problems['skipped_not_images']):,d} files that are not images")
     if confused:
         lines.append("- most frequent confusion: " + f"{confused[0]['true']} → {confused[0]['predicted']} "
                      f"({confused[0]['count']:,d}×)")
