@@ -247,7 +247,11 @@ class FramePreprocessor:
         if self._principal(channels):
             out = principal_grey(values.reshape(count, rows * cols, channels) * weights)
         elif self._spec["grayscale"] and channels > 1:
-            out = values.reshape(-1, channels) @ weights
+            # a weighted sum channel by channel, not ``@``: a BLAS product of N×3 by 3 may round a frame
+            # differently with the batch around it, and a frame must give the same features alone or batched
+            out = values[..., 0] * weights[0]
+            for c in range(1, channels):
+                out += values[..., c] * weights[c]
         else:
             out = values * weights
         out = out.reshape(count, rows * cols, -1)

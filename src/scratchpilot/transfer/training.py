@@ -4,7 +4,7 @@ Last layer only (the blog's Inception retrain): the backbone's bottleneck featur
 image for EfficientNet-Lite0) feed one new softmax layer, p = softmax(x W + b), trained by Adam on the
 cross-entropy. With ``fine_tune_last_block`` the features are taken one block earlier (7×7×192 for
 EfficientNet-Lite0) and the network's last block and head are trained too, starting from their ImageNet
-weights, with a ten times smaller learning rate than the new layer would get alone.
+weights, at Adam 1e-4 (a tenth of the rate the new layer gets alone on wide features).
 
 A transfer model file holds only what was trained (the new layer, and the last block when fine-tuned);
 its metadata names the backbone (and its exact key: network, cut and preprocessing), the labels and the
