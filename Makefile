@@ -26,11 +26,15 @@ $(VENV)/.installed-dev: $(PY) pyproject.toml
 install-all: $(VENV)/.installed-all
 install-dev: $(VENV)/.installed-dev
 
-# Debian packages the tests drive for real (a headless browser); installed only when missing.
+# Debian packages the tests drive for real (a headless browser, a PostgreSQL server for the shared tuning
+# study); installed only when missing.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the tuning tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@$(MAKE) --no-print-directory -C arduino system-deps
 
 # The Arduino sketch alone: host unit test of its protocol and failsafe, and the Uno build.

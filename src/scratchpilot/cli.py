@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "scratchpilot.web.cli",
     "scratchpilot.car.cli",
     "scratchpilot.transfer.cli",
+    "scratchpilot.tune.cli",
     "scratchpilot.report.cli",
 )
 

@@ -73,6 +73,26 @@ held_out_share = number(0.0, 1.0, hi_open=True)  # rows kept back for validation
 positive_number = number(0.0, lo_open=True)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """An argparse type: a positive wall-clock duration in seconds: ``90``, ``90s``, ``20m``, ``1h``, ``1h30m``."""
+    import re
+
+    rule = "must be a duration such as 90s, 20m, 1h or 1h30m"
+    cleaned = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|min|m|s)?", cleaned)
+    if not cleaned or re.sub(r"(\d+(?:\.\d+)?)\s*(h|min|m|s)?", "", cleaned).strip():
+        raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
+    if len(parts) > 1 and any(not unit for _, unit in parts):
+        raise argparse.ArgumentTypeError(f"{rule} (a unit on every part), got {text!r}")
+    seconds = sum(float(number) * _DURATION_UNITS[unit or "s"] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{rule} (more than zero), got {text!r}")
+    return seconds
+
+
 def _first_existing(path: Path) -> Path:
     """The deepest folder of ``path``'s parents that exists (what creating ``path`` would start from)."""
     parent = path.parent

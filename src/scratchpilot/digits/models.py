@@ -147,8 +147,11 @@ def predict_proba_tta(model, features: np.ndarray, shape: tuple[int, int] = (28,
 
 def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int = 0,
           validation: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
-          epochs: int | None = None) -> nn.Sequential:
-    """Train ``config`` on uint8 images (N, 28, 28) and int labels; returns the model with metadata."""
+          epochs: int | None = None, callbacks=None, threads: int | str | None = "auto") -> nn.Sequential:
+    """Train ``config`` on uint8 images (N, 28, 28) and int labels; returns the model with metadata.
+
+    ``callbacks`` and ``threads`` go to :meth:`~scratchpilot.nn.Sequential.fit` (tuning reports each
+    epoch's validation accuracy through a callback, and gives each worker its share of the cores)."""
     from ..data import to_features
 
     if epochs is not None:
@@ -157,7 +160,7 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int
     val = (to_features(validation[0]), validation[1]) if validation is not None else None
     augment = augmenter(config)
     model.fit(to_features(images), labels, epochs=config.epochs, batch_size=config.batch_size,
-              validation_data=val, progress=progress, augment=augment)
+              validation_data=val, progress=progress, augment=augment, callbacks=callbacks, threads=threads)
     model.metadata = {
         "task": "digits",
         "labels": LABELS,
