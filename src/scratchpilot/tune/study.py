@@ -130,7 +130,7 @@ def claim_place(trial: optuna.Trial, target: int) -> None:
 class Progress:
     """One line per finished trial: trials done, best so far, time left."""
 
-    target: int
+    target: int | None  #: None: no count, only a time limit
     deadline: float | None
     enabled: bool = True
     started: float = 0.0
@@ -147,14 +147,15 @@ class Progress:
         except ValueError:
             best_text = "no trial complete yet"
         left = self.time_left(c)
-        return (f"{note}{c['finished']}/{self.target} trials done ({c['pruned']} pruned"
+        of = f"/{self.target}" if self.target is not None else ""
+        return (f"{note}{c['finished']}{of} trials done ({c['pruned']} pruned"
                 + (f", {c['failed']} failed" if c["failed"] else "") + f"), {best_text}"
                 + (f", {left} left" if left else ""))
 
     def time_left(self, c: dict) -> str:
         elapsed = time.monotonic() - self.started
-        remaining = max(0, self.target - c["finished"])
-        estimate = elapsed / self.done_here * remaining if self.done_here else math.inf
+        remaining = max(0, self.target - c["finished"]) if self.target is not None else math.inf
+        estimate = elapsed / self.done_here * remaining if self.done_here and self.target is not None else math.inf
         if self.deadline is not None:
             estimate = min(estimate, max(0.0, self.deadline - time.monotonic()))
         return format_seconds(estimate) if math.isfinite(estimate) else ""
