@@ -234,7 +234,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
                    max_steps: int | None = None, arch: str = DEMO_ARCH, epochs: int | None = None,
                    noise: float = DEMO_NOISE, spec: dict | None = None, augmentation: dict | None = DEMO_AUGMENTATION,
                    colour_fraction: float = DEMO_COLOUR_FRACTION, preprocess_options: dict | None = DEMO_PREPROCESS,
-                   patience: int | None = DEMO_PATIENCE, combine: str = "best"):
+                   patience: int | None = DEMO_PATIENCE, combine: str = "best", history_lag: int = 2,
+                   balance: float = 0.5, hidden: int = 128, expert=None, on_round=None):
     """Imitation learning with DAgger (Ross, Gordon & Bagnell, 2011).
 
     Record the expert and train; then, each round, the pilot drives ``dagger_episodes`` new training tracks
@@ -248,6 +249,10 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     ``combine`` "ensemble" returns all the rounds' models as one :class:`~scratchpilot.nn.Ensemble` (their
     probabilities averaged) instead of the best round's.
     ``noise`` is the expert's perturbation rate while it records (:func:`~.sim.runs.record_expert`).
+    ``history_lag``, ``balance`` and ``hidden`` go to :func:`train_pilot`. ``expert``: ``(session path,
+    episodes)`` as :func:`~.sim.runs.record_expert` returned them for these tracks and ``noise``, to reuse
+    a recording (tuning runs many recipes on one). ``on_round(round, mean score)`` is called after each
+    round's drive (tuning reports it to its pruner, which may stop the recipe by raising).
     ``spec`` is the preprocessing (default :func:`~.preprocess.default_spec`, with ``preprocess_options``
     on top), ``augmentation`` the
     photometric augmentation of :func:`train_pilot`, and ``colour_fraction`` the share of recorded tracks
@@ -265,8 +270,11 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
     first = DEMO_TRAIN_SEEDS_START
     look = training_looks(colour_fraction)
     t0 = time.perf_counter()
-    session, recorded = record_expert(root, range(first, first + episodes), noise=noise, progress=progress,
-                                      max_steps=max_steps, appearance=look)
+    if expert is None:
+        session, recorded = record_expert(root, range(first, first + episodes), noise=noise, progress=progress,
+                                          max_steps=max_steps, appearance=look)
+    else:
+        session, recorded = expert
     history = [{"round": "expert", "seconds": time.perf_counter() - t0, "frames": sum(e["steps"] for e in recorded),
                 "scores": [e["score"] for e in recorded]}]
     log(f"    expert: {history[0]['frames']:,d} frames on tracks {first}..{first + episodes - 1} "
@@ -276,7 +284,7 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
         t1 = time.perf_counter()
         model, report = train_pilot(sessions, seed=seed, epochs=epochs, progress=progress, arch=arch, spec=spec,
                                     augmentation=augmentation, preprocess_options=preprocess_options,
-                                    patience=patience)
+                                    patience=patience, history_lag=history_lag, balance=balance, hidden=hidden)
         log(f"    round {r}: trained on {report['frames']:,d} frames, validation accuracy "
             f"{report['validation_accuracy']:.1%} (majority baseline {report['validation_majority_baseline']:.1%}), "
             f"{time.perf_counter() - t1:.0f} s")
@@ -292,6 +300,8 @@ def learn_to_drive(root, *, episodes: int = DEMO_EPISODES, rounds: int = DEMO_DA
                         "frames": report["frames"], "validation_accuracy": report["validation_accuracy"]})
         log(f"    round {r}: the pilot drove tracks {seeds[0]}..{seeds[-1]} (mean score {np.mean(scores):.0f}) "
             f"while the expert labelled, {time.perf_counter() - t2:.0f} s")
+        if on_round is not None:
+            on_round(r, float(np.mean(scores)))
     best_score, best_round, model, report = max(candidates, key=lambda c: c[0])
     report = {**report, "chosen_round": best_round, "chosen_round_mean_score": best_score}
     if combine == "ensemble":

@@ -157,7 +157,7 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
               "calibration_s_per_epoch": {f: calibration.epoch_s(f, n_search) for f in spaces.FAMILIES},
               "n_search_images": n_search, "n_final_images": n_final, "data": split.name,
               "study": studies[leader].study_name, "storage": describe(settings.get("storage"), out),
-              "model": str(model_path), **final}
+              "model": str(model_path), "pruner": "hyperband", **final}
     from .assessment import assessment_section
     from .report import write_report
 

@@ -63,6 +63,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--space", default="mlp", help="mlp, cnn, or all (the family is a parameter too); default mlp")
     p.add_argument("--epochs", type=options.positive_int,
                    help="epochs a trial may run (default: mlp 8, cnn 3, all 6)")
+    p.add_argument("--threads", type=options.positive_int, metavar="N",
+                   help="BLAS threads of each worker (default: one worker times its batches to choose; several "
+                        "share the cores equally)")
     p.add_argument("--pruner", default="hyperband", choices=["hyperband", "median", "none"],
                    help="hyperband (default: the best with TPE in Optuna's benchmarks), median, or none")
     _common(p, "runs/tune-digits")
@@ -121,7 +124,7 @@ def cmd_tune_digits(args: argparse.Namespace) -> int:
                 "study": args.study or default_study_name(args.space), "storage": args.storage,
                 "workers": args.workers, "seed": args.seed, "out": str(Path(args.out)),
                 "epochs": args.epochs or spaces.DEFAULT_EPOCHS[args.space], "train_size": args.train_size,
-                "val_size": args.val_size, "test_size": args.test_size, "pruner": args.pruner,
+                "val_size": args.val_size, "test_size": args.test_size, "pruner": args.pruner, "threads": args.threads,
                 "heartbeat_s": args.heartbeat}
     try:
         result = tune(settings)

@@ -40,7 +40,7 @@ def _value(v) -> str:
     return str(v)
 
 
-def _defaults_html(study: optuna.Study) -> str:
+def _defaults_html(study: optuna.Study, fmt: str) -> str:
     """The best trial's parameters beside the defaults' trial (the study's first, queued by the command)."""
     best = study.best_trial
     rows, shown = [], []
@@ -49,7 +49,7 @@ def _defaults_html(study: optuna.Study) -> str:
         if family and family not in shown:
             shown.append(family)
             names = sorted(set(t.params) | set(best.params))
-            value = f"{t.value:.2%}" if t.value is not None else t.state.name.lower()
+            value = fmt.format(t.value) if t.value is not None else t.state.name.lower()
             rows.append((f"defaults ({family}), trial {t.number}", value, names, t.params))
     if not rows:
         return '<p class="muted">the study has no trial of the defaults</p>'
@@ -57,13 +57,13 @@ def _defaults_html(study: optuna.Study) -> str:
     for title, value, names, params in rows:
         body = [(n, _value(params.get(n, "–")), _value(best.params.get(n, "–")),
                  "" if params.get(n) == best.params.get(n) else "changed") for n in names]
-        body.append(("validation accuracy", value, f"{best.value:.2%}", ""))
+        body.append(("value", value, fmt.format(best.value), ""))
         parts.append(f"<h3>{esc(title)} against the best, trial {best.number}</h3>"
                      + table(["parameter", "defaults", "best", ""], body))
     return "".join(parts)
 
 
-def _trials_html(study: optuna.Study) -> str:
+def _trials_html(study: optuna.Study, fmt: str) -> str:
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):
@@ -74,9 +74,9 @@ def _trials_html(study: optuna.Study) -> str:
             note += " cut by the time budget"
         if t.user_attrs.get("diverged"):
             note += " diverged"
-        value = f"{t.value:.2%}" if t.value is not None else "–"
+        value = fmt.format(t.value) if t.value is not None and t.state == TrialState.COMPLETE else "–"
         last = max(t.intermediate_values) if t.intermediate_values else None
-        reached = f"{t.intermediate_values[last]:.2%}" if last is not None else "–"
+        reached = fmt.format(t.intermediate_values[last]) if last is not None else "–"
         params = ", ".join(f"{k}={_value(v)}" for k, v in t.params.items())
         duration = f"{t.duration.total_seconds():.0f} s" if t.duration else "–"
         rows.append((t.number, t.state.name.lower(), value, reached, t.user_attrs.get("epochs", 0), duration,
@@ -86,13 +86,13 @@ def _trials_html(study: optuna.Study) -> str:
 
 
 def write_report(study: optuna.Study, path, result: dict, *, space: str, title: str | None = None,
-                 extra_sections=(), value_name: str = "validation accuracy") -> None:
+                 extra_sections=(), value_name: str = "validation accuracy", value_format: str = "{:.2%}",
+                 step_name: str = "epoch") -> None:
     """Write the study's report to ``path`` (atomically)."""
     trials = study.get_trials(deepcopy=False)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     header = cards([(str(result.get("n_trials", "")), "trials"), (str(pruned), "pruned"),
-                    (f"{study.best_value:.2%}" if value_name.endswith("accuracy") else f"{study.best_value:.1f}",
-                     f"best {value_name}")]
+                    (value_format.format(study.best_value), f"best {value_name}")]
                    + ([(f"{result['test_accuracy']:.2%}", "test accuracy")] if "test_accuracy" in result else []))
     summary = key_values([("study", result.get("study")), ("storage", result.get("storage")), ("space", space),
                           ("data", result.get("data", "")), ("pruner", result.get("pruner", "")),
@@ -108,14 +108,14 @@ def write_report(study: optuna.Study, path, result: dict, *, space: str, title: 
          + f'<p class="muted">each trial\'s {esc(value_name)} and the best so far</p>'),
         ("intermediate", "Intermediate values",
          _plot("plot_intermediate_values", study)
-         + f'<p class="muted">{esc(value_name)} after each epoch; the short lines are the trials the pruner '
+         + f'<p class="muted">{esc(value_name)} after each {esc(step_name)}; the short lines are the trials the pruner '
            f'stopped ({pruned} of {len(trials)})</p>'),
         ("importance", "Parameter importances", _plot("plot_param_importances", study)
          + '<p class="muted">Optuna\'s default evaluator, over the parameters every complete trial has</p>'),
         ("parallel", "Parallel coordinates", _plot("plot_parallel_coordinate", study, params=params[:8])),
-        ("defaults", "Best against the defaults", _defaults_html(study)),
+        ("defaults", "Best against the defaults", _defaults_html(study, value_format)),
         *extra_sections,
-        ("trials", "Every trial", _trials_html(study)),
+        ("trials", "Every trial", _trials_html(study, value_format)),
     ]
     html = page(title or f"Tuning: {result.get('study')}", esc(f"{result.get('n_trials')} trials on "
                                                                f"{result.get('data', '')}"), header, sections)

@@ -93,7 +93,8 @@ def tune(settings: dict, *, progress: bool = True, log=print) -> dict:
                 last[0] = now["finished"]
                 shown.show(study)
 
-        codes = run_workers(worker, {k: v for k, v in settings.items() if k != "deadline"}, workers, watch=watch)
+        codes = run_workers(worker, {k: v for k, v in settings.items() if k != "deadline"}, workers, watch=watch,
+                            threads=settings.get("threads"))
         if any(code not in (0, None) for code in codes):
             log(f"warning: worker exit codes {codes}: a worker failed; its running trial is retried by the others "
                 f"or by the next run")

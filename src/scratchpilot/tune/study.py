@@ -133,6 +133,8 @@ class Progress:
     target: int | None  #: None: no count, only a time limit
     deadline: float | None
     enabled: bool = True
+    value_format: str = "{:.2%}"  #: how a trial's value reads ("{:.1f}" for a driving score)
+    step_name: str = "epoch"  #: what the pruner's steps are
     started: float = 0.0
     done_here: int = 0
 
@@ -143,7 +145,7 @@ class Progress:
         c = counts(study)
         try:
             best = study.best_trial
-            best_text = f"best {best.value:.2%} (trial {best.number})"
+            best_text = f"best {self.value_format.format(best.value)} (trial {best.number})"
         except ValueError:
             best_text = "no trial complete yet"
         left = self.time_left(c)
@@ -198,8 +200,9 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 finished_here += 1
                 if progress is not None:
                     progress.done_here += 1
-                    verb = (f"pruned at epoch {t.user_attrs.get('epochs', '?')}" if t.state == TrialState.PRUNED
-                            else f"{t.value:.2%}")
+                    last = max(t.intermediate_values, default=None)
+                    verb = (f"pruned after {progress.step_name} {last}" if t.state == TrialState.PRUNED
+                            else progress.value_format.format(t.value))
                     progress.show(study, f"trial {t.number} {verb} · ")
             elif t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
                 print(f"trial {t.number} failed: {t.system_attrs.get('fail_reason', 'see the message above')}",

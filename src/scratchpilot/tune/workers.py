@@ -45,12 +45,13 @@ def _blas_environment(threads: int):
 
 
 def run_workers(target: Callable, settings: dict, workers: int, *, watch: Callable[[], bool] | None = None,
-                poll_s: float = 2.0) -> list[int]:
+                poll_s: float = 2.0, threads: int | None = None) -> list[int]:
     """Run ``target(settings, index, threads)`` in ``workers`` processes and wait for them; ``watch()`` is
-    called every ``poll_s`` seconds meanwhile (it prints progress). Ctrl-C stops every worker (each fails
-    only its running trial) and is raised again. Returns the workers' exit codes."""
+    called every ``poll_s`` seconds meanwhile (it prints progress). ``threads``: each worker's BLAS threads
+    (default :func:`threads_per_worker`). Ctrl-C stops every worker (each fails only its running trial) and
+    is raised again. Returns the workers' exit codes."""
     context = multiprocessing.get_context("spawn")
-    threads = threads_per_worker(workers)
+    threads = threads or threads_per_worker(workers)
     processes = []
     with _blas_environment(threads):
         for index in range(workers):

@@ -1,0 +1,164 @@
+"""Tuning and AutoML, measured: the pruner, the workers, PostgreSQL, ``automl digits`` and ``tune car``.
+
+    python bench/tune.py [--parts pruning,scale,postgres,automl,car] [--automl-budget 30m]
+                         [--car-timeout 25m] [--json PATH]
+
+- pruning: one study of ``--trials`` trials with Hyperband and one without (same seed, same data: 10,000
+  training / 5,000 validation MNIST images, up to 8 epochs a trial): epochs spent and best validation
+  accuracy side by side.
+- scale: ``--workers 1`` and ``--workers 2`` on the journal file, one BLAS thread each, each for the same
+  wall-clock window (``--timeout``): finished trials per hour.
+- postgres: two worker processes sharing one study on a PostgreSQL server started here (Debian's package):
+  the trial count, duplicate trial numbers, trials per hour.
+- automl: ``automl digits --budget 30m`` on MNIST: the winner's test accuracy beside the hand-set default of
+  its family trained in the same run, and the budget kept.
+- car: ``tune car`` for ``--car-timeout``, then the best recipe's and the demo recipe's pilots (the study's
+  first trial) on the demo's ten evaluation tracks, with the expert on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _common import ensure_data_env, table, write_result  # noqa: E402
+
+
+def _run(args: list[str], timeout: float = 7200) -> dict:
+    """Run ``scratchpilot ARGS --json F`` in a fresh process; its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "result.json"
+        done = subprocess.run([sys.executable, "-m", "scratchpilot", *args, "--json", str(path)], text=True,
+                              timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"scratchpilot {' '.join(args)} failed:\n{done.stdout[-3000:]}")
+        return json.loads(path.read_text())
+
+
+def pruning(work: Path, trials: int) -> dict:
+    data = ["--train-size", "10000", "--val-size", "5000", "--test-size", "2000", "--epochs", "8"]
+    rows = []
+    for pruner in ("hyperband", "none"):
+        t0 = time.perf_counter()
+        r = _run(["tune", "digits", *data, "--trials", str(trials), "--pruner", pruner, "--out", str(work / pruner)])
+        rows.append({"pruner": pruner, "trials": r["n_trials"], "pruned": r["n_pruned"],
+                     "epochs_spent": r["epochs_spent"], "best_val": r["best_value"], "test": r["test_accuracy"],
+                     "seconds": time.perf_counter() - t0})
+    print(table(rows, ["pruner", "trials", "pruned", "epochs_spent", "best_val", "test", "seconds"]))
+    saved = 1 - rows[0]["epochs_spent"] / rows[1]["epochs_spent"]
+    gap = (rows[1]["best_val"] - rows[0]["best_val"]) * 100
+    print(f"epochs saved by Hyperband: {saved:.1%}; best validation accuracy gap {gap:+.2f} points (unpruned − pruned)")
+    return {"rows": rows, "epochs_saved": saved, "best_val_gap_points": gap}
+
+
+def scale(work: Path, window_s: int) -> dict:
+    data = ["--train-size", "3000", "--val-size", "1000", "--test-size", "1000", "--epochs", "2", "--pruner", "none"]
+    rows = []
+    for workers in (1, 2):
+        t0 = time.perf_counter()
+        r = _run(["tune", "digits", *data, "--trials", "100000", "--timeout", f"{window_s}s", "--workers", str(workers),
+                  "--threads", "1", "--out", str(work / f"scale-{workers}")])
+        seconds = time.perf_counter() - t0
+        rows.append({"workers": workers, "blas_threads": 1, "window_s": window_s, "trials": r["n_trials"],
+                     "trials_per_hour": r["n_trials"] / window_s * 3600, "command_s": seconds})
+    print(table(rows, ["workers", "blas_threads", "window_s", "trials", "trials_per_hour", "command_s"]))
+    ratio = rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]
+    print(f"2 workers / 1 worker: {ratio:.2f}x the trials per hour")
+    return {"rows": rows, "ratio": ratio}
+
+
+def postgres(work: Path, trials: int) -> dict:
+    from postgres_server import postgres_server
+
+    import optuna
+
+    data = ["--train-size", "3000", "--val-size", "1000", "--test-size", "1000", "--epochs", "2"]
+    with postgres_server() as url:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-m", "scratchpilot", "tune", "digits", *data, "--trials", str(trials),
+                                   "--storage", url, "--study", "bench", "--threads", "1", "--out",
+                                   str(work / f"pg-{k}")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for k in range(2)]
+        outputs = [p.communicate(timeout=3600)[0] for p in procs]
+        seconds = time.perf_counter() - t0
+        for p, text in zip(procs, outputs, strict=True):
+            if p.returncode:
+                raise RuntimeError(text[-3000:])
+        study = optuna.load_study(study_name="bench", storage=url)
+        finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        numbers = [t.number for t in study.trials]
+        result = {"target": trials, "finished": len(finished), "all_trials": len(numbers),
+                  "duplicate_numbers": len(numbers) - len(set(numbers)),
+                  "workers_seen": len({t.user_attrs.get("worker") for t in finished}), "seconds": seconds,
+                  "trials_per_hour": len(finished) / seconds * 3600}
+    print(table([result], list(result)))
+    return result
+
+
+def automl(work: Path, budget: str) -> dict:
+    r = _run(["automl", "digits", "--budget", budget, "--out", str(work / "automl")], timeout=7200)
+    keys = ["winner_family", "best_trial", "best_value", "test_accuracy", "default_test_accuracy", "seconds",
+            "budget_s", "budget_kept", "n_trials", "winner_is_default"]
+    print(table([{k: r.get(k) for k in keys}], keys))
+    print("chosen configuration:", json.dumps(r["best_params"]))
+    return {k: r[k] for k in (*keys, "best_params", "phases", "test_ci95", "default_test_ci95",
+                              "calibration_s_per_epoch", "candidates")}
+
+
+def car(work: Path, timeout: str) -> dict:
+    r = _run(["tune", "car", "--trials", "100", "--timeout", timeout, "--tracks", "4", "--evaluate", "10",
+              "--out", str(work / "car")], timeout=7200)
+    ev = r["evaluation"]
+    rows = [{"pilot": name, "trial": ev[name].get("trial"), "eval_mean_score": ev[name]["mean_score"]}
+            for name in ("best", "demo", "expert") if name in ev]
+    print(table(rows, ["pilot", "trial", "eval_mean_score"]))
+    print(f"trials {r['n_trials']} ({r['n_pruned']} pruned); best params {json.dumps(r['best_params'])}")
+    return {"n_trials": r["n_trials"], "n_pruned": r["n_pruned"], "best_params": r["best_params"],
+            "best_tuning_score": r["best_value"], "demo_tuning_score": r.get("demo_tuning_score"),
+            "evaluation": ev, "seconds": r["seconds"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="pruning,scale,postgres")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--window", type=int, default=150, help="seconds of each scale run")
+    parser.add_argument("--automl-budget", default="30m")
+    parser.add_argument("--car-timeout", default="25m")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    ensure_data_env()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+        work = Path(tmp)
+        for part in args.parts.split(","):
+            print(f"\n--- {part} ---", flush=True)
+            t0 = time.perf_counter()
+            if part == "pruning":
+                results[part] = pruning(work, args.trials)
+            elif part == "scale":
+                results[part] = scale(work, args.window)
+            elif part == "postgres":
+                results[part] = postgres(work, 16)
+            elif part == "automl":
+                results[part] = automl(work, args.automl_budget)
+            elif part == "car":
+                results[part] = car(work, args.car_timeout)
+            else:
+                raise SystemExit(f"unknown part {part!r}")
+            results[part]["bench_seconds"] = time.perf_counter() - t0
+            print(f"({part}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    write_result("tune" if args.parts == "pruning,scale,postgres,automl,car" else "tune-" + args.parts.replace(",", "-"),
+                 results, also=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

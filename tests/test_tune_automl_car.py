@@ -1,0 +1,83 @@
+"""``automl digits`` within a small budget, and ``tune car`` on a few short simulated tracks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from scratchpilot import nn  # noqa: E402
+from scratchpilot.car import training  # noqa: E402
+from scratchpilot.cli import main  # noqa: E402
+from scratchpilot.tune import car as tune_car  # noqa: E402
+from scratchpilot.tune.storage import open_storage  # noqa: E402
+
+
+def test_automl_keeps_its_budget_and_assesses_the_winner(tmp_path, shared_data):
+    out = tmp_path / "automl"
+    budget = 60
+    t0 = time.monotonic()
+    assert main(["automl", "digits", "--budget", f"{budget}s", "--train-size", "3000", "--val-size", "500",
+                 "--test-size", "1000", "--out", str(out), "--json", str(tmp_path / "a.json")]) == 0
+    wall = time.monotonic() - t0
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert 0.9 * budget <= result["seconds"] <= 1.05 * budget and wall <= 1.08 * budget
+    assert result["winner_family"] in ("mlp", "cnn") and result["n_trials"] >= 3
+    assert result["candidates"][0]["value"] == result["best_value"]
+    assert any(c["defaults"] for c in result["candidates"])
+    assert result["test_accuracy"] > 0.85 and result["default_test_accuracy"] > 0.85
+    low, high = result["test_ci95"]
+    assert low < result["test_accuracy"] < high
+    model = nn.load(result["model"])
+    assert model.metadata["automl"]["params"] == result["best_params"]
+    assert model.metadata["test_accuracy"] == result["test_accuracy"]
+    html = (out / "report.html").read_text()
+    for text in ("Model assessment", "Why the winner won", "Ranked candidates", "How the budget was spent"):
+        assert text in html
+
+
+def test_automl_refuses_a_budget_under_one_trial(tmp_path, shared_data, capsys):
+    out = tmp_path / "never"
+    assert main(["automl", "digits", "--budget", "2s", "--train-size", "3000", "--val-size", "500",
+                 "--out", str(out)]) == 2
+    assert "is under one trial" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_automl_budget_must_be_a_duration(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["automl", "digits", "--budget", "soon"])
+    assert stop.value.code == 2 and "must be a duration" in capsys.readouterr().err
+
+
+def test_tune_car_scores_on_tuning_tracks_and_compares_with_the_demo(tmp_path):
+    out = tmp_path / "car"
+    args = ["tune", "car", "--max-steps", "40", "--episodes", "2", "--dagger-episodes", "1", "--tracks", "2",
+            "--trials", "3", "--evaluate", "2", "--out", str(out)]
+    assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["n_trials"] == 3 and result["demo_trial"] == 0
+    study = optuna.load_study(study_name="car", storage=open_storage(None, out))
+    assert study.trials[0].params == tune_car.demo_params()
+    assert set(study.trials[1].params) == {"arch", "hidden", "history_lag", "balance", "rounds", "epochs"}
+    # scored on the tuning tracks, which are neither the evaluation tracks nor the training tracks
+    tuning = set(range(tune_car.TUNING_SEEDS_START, tune_car.TUNING_SEEDS_START + 2))
+    evaluation = set(result["evaluation"]["seeds"])
+    trained_on = set(range(training.DEMO_TRAIN_SEEDS_START, training.DEMO_TRAIN_SEEDS_START + 2 + 4 * 1))
+    assert not tuning & evaluation and not tuning & trained_on and not evaluation & trained_on
+    assert {"best", "demo", "expert"} <= set(result["evaluation"])
+    model = nn.load(result["model"])
+    assert model.metadata["task"] == "pilot" and model.metadata["tuning"]["tuning_tracks"] == sorted(tuning)
+    assert model.metadata["tuning"]["params"] == result["best_params"]
+    assert len(study.trials[0].user_attrs["tuning_scores"]) == 2
+    assert not list((out / "sessions").iterdir())  # each trial's DAgger recordings are removed
+    assert "Evaluation tracks 0..1" in (out / "report.html").read_text()
+    # the expert recording is made once: a second study in the same folder reuses it
+    recording = (out / "expert" / "recording.json").read_text()
+    assert main([*args[:-2], "--trials", "4", "--out", str(out)]) == 0
+    assert (out / "expert" / "recording.json").read_text() == recording
+    # another set of tuning tracks is another study
+    assert main([*args[:-6], "--tracks", "3", "--trials", "5", "--out", str(out)]) == 2
