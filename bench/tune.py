@@ -75,14 +75,14 @@ def scale(work: Path, window_s: int) -> dict:
 
 
 def postgres(work: Path, trials: int) -> dict:
-    from postgres_server import postgres_server
-
     import optuna
+    from postgres_server import postgres_server
 
     data = ["--train-size", "3000", "--val-size", "1000", "--test-size", "1000", "--epochs", "2"]
     with postgres_server() as url:
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-m", "scratchpilot", "tune", "digits", *data, "--trials", str(trials),
+        procs = [subprocess.Popen([sys.executable, "-m", "scratchpilot", "tune", "digits", *data,
+                                   "--trials", str(trials),
                                    "--storage", url, "--study", "bench", "--threads", "1", "--out",
                                    str(work / f"pg-{k}")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for k in range(2)]
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown part {part!r}")
             results[part]["bench_seconds"] = time.perf_counter() - t0
             print(f"({part}: {time.perf_counter() - t0:.0f} s)", flush=True)
-    write_result("tune" if args.parts == "pruning,scale,postgres,automl,car" else "tune-" + args.parts.replace(",", "-"),
-                 results, also=args.json)
+    name = "tune" if args.parts == "pruning,scale,postgres,automl,car" else "tune-" + args.parts.replace(",", "-")
+    write_result(name, results, also=args.json)
     return 0
 
 

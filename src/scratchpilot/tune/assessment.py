@@ -26,7 +26,8 @@ def assessment_section(result: dict) -> tuple[str, str, str]:
     if winner in defaults:
         d = defaults[winner]
         gap = result["best_value"] - d["value"]
-        reasons.append(f"it is {gap * 100:+.2f} points on validation against the {winner} defaults (trial {d['trial']}, "
+        reasons.append(f"it is {gap * 100:+.2f} points on validation against the {winner} defaults "
+                       f"(trial {d['trial']}, "
                        f"{_pct(d['value'])})")
     if result.get("skipped_families"):
         reasons.append(f"the budget fitted no trial of {', '.join(result['skipped_families'])}")
@@ -42,7 +43,8 @@ def assessment_section(result: dict) -> tuple[str, str, str]:
                                                      f"{_pct(d_low)}–{_pct(d_high)}"),
         ("verdict", f"the AutoML model is {verdict} the hand-set {winner} default"),
         ("budget", f"{result['seconds']:.0f} s of {result['budget_s']:.0f} s ({result['budget_kept']:.1%})"),
-        ("data", f"search on {result['n_search_images']:,d} training images, retraining on {result['n_final_images']:,d} "
+        ("data", f"search on {result['n_search_images']:,d} training images, retraining on "
+                 f"{result['n_final_images']:,d} "
                  f"(training + validation), {result['epochs']} epochs"),
     ])
     phases = table(["phase", "family", "trials", "pruned", "time (s)", "best validation"],

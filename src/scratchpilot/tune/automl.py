@@ -81,7 +81,8 @@ def final_reserve(calibration: Calibration, family: str, n_final: int) -> float:
 def measured_reserve(study, family: str, n_search: int, n_final: int, fallback: float) -> float:
     """:func:`final_reserve` from the epochs the family's trials actually took (the median), scaled from the
     search images to the final ones; ``fallback`` when no trial reported its epoch time."""
-    seconds = [t.user_attrs["epoch_seconds"] for t in study.get_trials(deepcopy=False) if "epoch_seconds" in t.user_attrs]
+    seconds = [t.user_attrs["epoch_seconds"] for t in study.get_trials(deepcopy=False)
+               if "epoch_seconds" in t.user_attrs]
     if not seconds:
         return fallback
     return 2 * EPOCHS[family] * float(np.median(seconds)) * n_final / n_search * MEASURED_MARGIN + 5.0
@@ -100,8 +101,8 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     n_final = len(split.y_train) + len(split.y_val)
     search_split = _subset(split, n_search)
     calibration = calibrate(split)
-    plan = {f: {"trial_s": EPOCHS[f] * calibration.epoch_s(f, n_search), "reserve_s": final_reserve(calibration, f, n_final)}
-            for f in spaces.FAMILIES}
+    plan = {f: {"trial_s": EPOCHS[f] * calibration.epoch_s(f, n_search),
+                "reserve_s": final_reserve(calibration, f, n_final)} for f in spaces.FAMILIES}
     left = end - time.monotonic()
     families = [f for f in spaces.FAMILIES if plan[f]["trial_s"] + plan[f]["reserve_s"] + END_SLACK_S <= left]
     if not families:
@@ -112,7 +113,8 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     skipped = [f for f in spaces.FAMILIES if f not in families]
     log(f"automl: {format_seconds(settings['budget_s'])} budget; an epoch costs "
         + ", ".join(f"{f} {calibration.epoch_s(f, n_search):.1f} s" for f in spaces.FAMILIES)
-        + f" on {n_search:,d} search images" + (f"; left out for lack of time: {', '.join(skipped)}" if skipped else ""))
+        + f" on {n_search:,d} search images"
+        + (f"; left out for lack of time: {', '.join(skipped)}" if skipped else ""))
     storage = open_storage(settings.get("storage"), out)
     out.mkdir(parents=True, exist_ok=True)
     studies = {}
@@ -131,7 +133,8 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     phases = []
     for family in families:
         phase_end = min(search_end, time.monotonic() + max(explore, plan[family]["trial_s"]))
-        phases.append(_search(studies[family], family, search_split, settings, out, phase_end, "explore", progress, log))
+        phases.append(_search(studies[family], family, search_split, settings, out, phase_end, "explore", progress,
+                              log))
     leader = max(families, key=lambda f: _best_value(studies[f]))
     # only the leader's retraining is left to pay for, now priced by its trials' own epochs
     search_end = end - measured_reserve(studies[leader], leader, n_search, n_final, plan[leader]["reserve_s"]) \
@@ -170,7 +173,8 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     write_json(out / "automl.json", result)
     log(f"{split.test_name}: the AutoML {leader} {final['test_accuracy']:.2%} "
         f"(95% CI {final['test_ci95'][0]:.2%}–{final['test_ci95'][1]:.2%}), the {leader} defaults "
-        f"{final['default_test_accuracy']:.2%}; {format_seconds(result['seconds'])} of {format_seconds(settings['budget_s'])}"
+        f"{final['default_test_accuracy']:.2%}; {format_seconds(result['seconds'])} of "
+        f"{format_seconds(settings['budget_s'])}"
         f"\nmodel {model_path}, report {report_path}")
     return result
 

@@ -53,7 +53,8 @@ def _expert_recording(out: Path, episodes: int, max_steps: int | None, progress:
     index = folder / "recording.json"
     if index.exists():
         saved = read_json(index, "the expert recording's index")
-        if saved.get("episodes") == episodes and saved.get("max_steps") == max_steps and Path(saved["session"]).is_dir():
+        same = saved.get("episodes") == episodes and saved.get("max_steps") == max_steps
+        if same and Path(saved["session"]).is_dir():
             return Path(saved["session"]), saved["recorded"]
     first = training.DEMO_TRAIN_SEEDS_START
     session, recorded = record_expert(folder, range(first, first + episodes), noise=training.DEMO_NOISE,
@@ -97,7 +98,8 @@ class CarObjective:
                 epochs=recipe["epochs"], history_lag=recipe["history_lag"], balance=recipe["balance"],
                 hidden=recipe["hidden"], expert=self.expert, on_round=report, progress=self.progress,
                 max_steps=self.settings.get("max_steps"), log=lambda line: None)
-            driven = drive_sim(Pilot(model), self.tuning_seeds(), progress=False, max_steps=self.settings.get("max_steps"))
+            driven = drive_sim(Pilot(model), self.tuning_seeds(), progress=False,
+                               max_steps=self.settings.get("max_steps"))
         finally:
             shutil.rmtree(root, ignore_errors=True)  # the DAgger recordings are not kept
         score = float(driven["mean_score"])
