@@ -3,9 +3,11 @@
     python bench/tune.py [--parts pruning,scale,postgres,automl,car] [--automl-budget 30m]
                          [--car-timeout 25m] [--json PATH]
 
-- pruning: one study of ``--trials`` trials with Hyperband and one without (same seed, same data: 10,000
-  training / 5,000 validation MNIST images, up to 8 epochs a trial): epochs spent and best validation
-  accuracy side by side.
+- pruning: random search (its trials do not depend on earlier ones, so every study runs the very same
+  ``--trials`` configurations) without a pruner, with the median pruner and with Hyperband, on 5,000
+  training / 3,000 validation MNIST images, up to 6 epochs a trial: epochs spent and best validation
+  accuracy side by side. ``pruning-tpe``: TPE (the command's default) with Hyperband and without, on
+  10,000 / 5,000 images and 8 epochs; there the pruner also changes what TPE samples next.
 - scale: ``--workers 1`` and ``--workers 2`` on the journal file, one BLAS thread each, each for the same
   wall-clock window (``--timeout``): finished trials per hour.
 - postgres: two worker processes sharing one study on a PostgreSQL server started here (Debian's package):
@@ -42,35 +44,66 @@ def _run(args: list[str], timeout: float = 7200) -> dict:
         return json.loads(path.read_text())
 
 
-def pruning(work: Path, trials: int) -> dict:
-    data = ["--train-size", "10000", "--val-size", "5000", "--test-size", "2000", "--epochs", "8"]
+def pruning(work: Path, trials: int, sampler: str, pruners: tuple[str, ...], data: list[str]) -> dict:
     rows = []
-    for pruner in ("hyperband", "none"):
+    for pruner in pruners:
         t0 = time.perf_counter()
-        r = _run(["tune", "digits", *data, "--trials", str(trials), "--pruner", pruner, "--out", str(work / pruner)])
-        rows.append({"pruner": pruner, "trials": r["n_trials"], "pruned": r["n_pruned"],
-                     "epochs_spent": r["epochs_spent"], "best_val": r["best_value"], "test": r["test_accuracy"],
-                     "seconds": time.perf_counter() - t0})
-    print(table(rows, ["pruner", "trials", "pruned", "epochs_spent", "best_val", "test", "seconds"]))
-    saved = 1 - rows[0]["epochs_spent"] / rows[1]["epochs_spent"]
-    gap = (rows[1]["best_val"] - rows[0]["best_val"]) * 100
-    print(f"epochs saved by Hyperband: {saved:.1%}; best validation accuracy gap {gap:+.2f} points (unpruned − pruned)")
-    return {"rows": rows, "epochs_saved": saved, "best_val_gap_points": gap}
+        r = _run(["tune", "digits", *data, "--trials", str(trials), "--pruner", pruner, "--sampler", sampler,
+                  "--out", str(work / f"{sampler}-{pruner}")])
+        rows.append({"sampler": sampler, "pruner": pruner, "trials": r["n_trials"], "pruned": r["n_pruned"],
+                     "epochs_spent": r["epochs_spent"], "best_val": r["best_value"], "best_trial": r["best_trial"],
+                     "test": r["test_accuracy"], "seconds": time.perf_counter() - t0})
+    print(table(rows, ["sampler", "pruner", "trials", "pruned", "epochs_spent", "best_val", "best_trial", "test",
+                       "seconds"]))
+    unpruned = next(r for r in rows if r["pruner"] == "none")
+    out = {"rows": rows}
+    for r in rows:
+        if r is not unpruned:
+            saved = 1 - r["epochs_spent"] / unpruned["epochs_spent"]
+            gap = (unpruned["best_val"] - r["best_val"]) * 100
+            out[r["pruner"]] = {"epochs_saved": saved, "best_val_gap_points": gap}
+            print(f"{sampler} + {r['pruner']}: {saved:.1%} fewer epochs; best validation accuracy {gap:+.2f} points "
+                  f"below the unpruned study's")
+    return out
+
+
+#: the pruning studies' data: 5,000 training and 3,000 validation MNIST images, up to 6 epochs a trial
+PRUNING_DATA = ["--train-size", "5000", "--val-size", "3000", "--test-size", "2000", "--epochs", "6"]
+#: the first run's data (TPE + Hyperband against no pruner, 2026-12-03)
+TPE_PRUNING_DATA = ["--train-size", "10000", "--val-size", "5000", "--test-size", "2000", "--epochs", "8"]
 
 
 def scale(work: Path, window_s: int) -> dict:
-    data = ["--train-size", "3000", "--val-size", "1000", "--test-size", "1000", "--epochs", "2", "--pruner", "none"]
+    """Trials per hour with 1 and 2 workers, every trial the same configuration (the MLP defaults, queued):
+    trials of sampled configurations differ several-fold in cost, and two runs sample different ones."""
+    import optuna
+
+    from scratchpilot.tune import spaces
+    from scratchpilot.tune.storage import open_storage
+
+    data = ["--train-size", "5000", "--val-size", "1000", "--test-size", "1000", "--epochs", "3", "--pruner", "none"]
     rows = []
     for workers in (1, 2):
+        out = work / f"scale-{workers}"
+        _run(["tune", "digits", *data, "--trials", "1", "--out", str(out)])  # the study; its trial 0 is the defaults
+        study = optuna.load_study(study_name="digits-mlp", storage=open_storage(None, out))
+        for _ in range(400):
+            study.enqueue_trial(spaces.default_params("mlp"))
         t0 = time.perf_counter()
-        r = _run(["tune", "digits", *data, "--trials", "100000", "--timeout", f"{window_s}s", "--workers", str(workers),
-                  "--threads", "1", "--out", str(work / f"scale-{workers}")])
+        _run(["tune", "digits", *data, "--trials", "401", "--timeout", f"{window_s}s", "--workers", str(workers),
+              "--threads", "1", "--out", str(out)])
         seconds = time.perf_counter() - t0
-        rows.append({"workers": workers, "blas_threads": 1, "window_s": window_s, "trials": r["n_trials"],
-                     "trials_per_hour": r["n_trials"] / window_s * 3600, "command_s": seconds})
-    print(table(rows, ["workers", "blas_threads", "window_s", "trials", "trials_per_hour", "command_s"]))
+        study = optuna.load_study(study_name="digits-mlp", storage=open_storage(None, out))
+        done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if t.number > 0]
+        mean_s = sum(t.duration.total_seconds() for t in done) / len(done)
+        rows.append({"workers": workers, "blas_threads": 1, "window_s": window_s, "trials": len(done),
+                     "trials_per_hour": len(done) / window_s * 3600, "mean_trial_s": mean_s, "command_s": seconds})
+    print(table(rows, ["workers", "blas_threads", "window_s", "trials", "trials_per_hour", "mean_trial_s",
+                       "command_s"]))
     ratio = rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]
-    print(f"2 workers / 1 worker: {ratio:.2f}x the trials per hour")
+    slower = rows[1]["mean_trial_s"] / rows[0]["mean_trial_s"]
+    print(f"2 workers / 1 worker: {ratio:.2f}x the trials per hour (each trial {slower:.2f}x as long with the "
+          f"other worker beside it)")
     return {"rows": rows, "ratio": ratio}
 
 
@@ -127,7 +160,7 @@ def car(work: Path, timeout: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="pruning,scale,postgres")
+    parser.add_argument("--parts", default="pruning,scale,postgres")  # also pruning-tpe, automl, car
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--window", type=int, default=150, help="seconds of each scale run")
     parser.add_argument("--automl-budget", default="30m")
@@ -141,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         for part in args.parts.split(","):
             print(f"\n--- {part} ---", flush=True)
             t0 = time.perf_counter()
-            if part == "pruning":
-                results[part] = pruning(work, args.trials)
+            if part == "pruning":  # random search: the same trials with and without each pruner
+                results[part] = pruning(work, args.trials, "random", ("none", "median", "hyperband"), PRUNING_DATA)
+            elif part == "pruning-tpe":  # the command's default sampler: the pruner changes what TPE samples next
+                results[part] = pruning(work, args.trials, "tpe", ("hyperband", "none"), TPE_PRUNING_DATA)
             elif part == "scale":
                 results[part] = scale(work, args.window)
             elif part == "postgres":

@@ -252,3 +252,19 @@ def test_a_seeded_study_repeats_its_trials(tmp_path, shared_data):
         values.append([(t.params, t.value) for t in study.trials])
     assert values[0] == values[1]
     assert np.isfinite([v for _, v in values[0] if v is not None]).all()
+
+
+def test_a_labelled_kaggle_csv_is_tested_on_a_held_out_seventh(tmp_path, shared_data, capsys):
+    csv = tmp_path / "train.csv"
+    assert main(["data", "export-csv", "mnist", str(csv), "--limit", "2100"]) == 0
+    out = tmp_path / "kaggle"
+    assert main(["tune", "digits", "--data", str(csv), "--val-size", "300", "--epochs", "2", "--trials", "2",
+                 "--out", str(out), "--json", str(tmp_path / "k.json")]) == 0
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert result["n_test"] == 300 and "held-out 1/7" in result["test_dataset"]  # 2,100 / 7
+    study = _study(out)
+    assert study.user_attrs["n_train"] == 2100 - 300 - 300 and study.user_attrs["n_val"] == 300
+    test_csv = tmp_path / "test.csv"
+    assert main(["data", "export-csv", "mnist-test", str(test_csv), "--limit", "50", "--no-labels"]) == 0
+    assert main(["tune", "digits", "--data", str(test_csv), "--out", str(tmp_path / "x")]) == 2
+    assert "has no labels" in capsys.readouterr().err

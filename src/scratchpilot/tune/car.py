@@ -54,13 +54,14 @@ def _expert_recording(out: Path, episodes: int, max_steps: int | None, progress:
     if index.exists():
         saved = read_json(index, "the expert recording's index")
         same = saved.get("episodes") == episodes and saved.get("max_steps") == max_steps
-        if same and Path(saved["session"]).is_dir():
-            return Path(saved["session"]), saved["recorded"]
+        if same and (folder / str(saved.get("session"))).is_dir():
+            return folder / saved["session"], saved["recorded"]
     first = training.DEMO_TRAIN_SEEDS_START
     session, recorded = record_expert(folder, range(first, first + episodes), noise=training.DEMO_NOISE,
                                       progress=progress, max_steps=max_steps,
                                       appearance=training.training_looks(training.DEMO_COLOUR_FRACTION))
-    write_json(index, {"episodes": episodes, "max_steps": max_steps, "session": str(session), "recorded": recorded})
+    write_json(index, {"episodes": episodes, "max_steps": max_steps, "session": Path(session).name,
+                       "recorded": recorded})
     return Path(session), recorded
 
 

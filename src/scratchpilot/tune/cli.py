@@ -63,6 +63,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--space", default="mlp", help="mlp, cnn, or all (the family is a parameter too); default mlp")
     p.add_argument("--epochs", type=options.positive_int,
                    help="epochs a trial may run (default: mlp 8, cnn 3, all 6)")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                   help="tpe (default: Optuna's Tree-structured Parzen Estimator) or random search")
     p.add_argument("--threads", type=options.positive_int, metavar="N",
                    help="BLAS threads of each worker (default: one worker times its batches to choose; several "
                         "share the cores equally)")
@@ -101,69 +103,51 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_automl_digits)
 
 
-def _storage_checked(url: str | None) -> None:
-    if url is not None:
-        from .storage import StorageError, check_url
+def _run(task, settings: dict, args: argparse.Namespace) -> int:
+    """Check the storage URL, run ``task(settings)``, write ``--json``; a refused input (a bad storage, a
+    study of another space, a budget too short: each a ValueError naming it) exits 2 with its message."""
+    if settings.get("storage") is not None:
+        from .storage import check_url
 
         try:
-            check_url(url)
-        except StorageError as exc:
+            check_url(settings["storage"])
+        except ValueError as exc:
             raise CommandError(str(exc)) from None
+    try:
+        result = task(settings)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    write_json_result(args.json, result)
+    return 0
 
 
 def cmd_tune_digits(args: argparse.Namespace) -> int:
     from . import spaces
     from .run_digits import default_study_name, tune
-    from .storage import StorageError
-    from .study import TuneError
 
     if args.space not in spaces.SPACES:
         raise CommandError(f"--space {args.space!r}: unknown search space; use one of {', '.join(spaces.SPACES)}")
-    _storage_checked(args.storage)
-    settings = {"data": args.data, "space": args.space, "trials": args.trials, "timeout_s": args.timeout,
-                "study": args.study or default_study_name(args.space), "storage": args.storage,
-                "workers": args.workers, "seed": args.seed, "out": str(Path(args.out)),
-                "epochs": args.epochs or spaces.DEFAULT_EPOCHS[args.space], "train_size": args.train_size,
-                "val_size": args.val_size, "test_size": args.test_size, "pruner": args.pruner, "threads": args.threads,
-                "heartbeat_s": args.heartbeat}
-    try:
-        result = tune(settings)
-    except (TuneError, StorageError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    write_json_result(args.json, result)
-    return 0
+    return _run(tune, {"data": args.data, "space": args.space, "trials": args.trials, "timeout_s": args.timeout,
+                       "study": args.study or default_study_name(args.space), "storage": args.storage,
+                       "workers": args.workers, "seed": args.seed, "out": str(Path(args.out)),
+                       "epochs": args.epochs or spaces.DEFAULT_EPOCHS[args.space], "train_size": args.train_size,
+                       "val_size": args.val_size, "test_size": args.test_size, "pruner": args.pruner,
+                       "threads": args.threads, "sampler": args.sampler, "heartbeat_s": args.heartbeat}, args)
 
 
 def cmd_tune_car(args: argparse.Namespace) -> int:
     from .car import tune_car
-    from .storage import StorageError
-    from .study import TuneError
 
-    _storage_checked(args.storage)
-    settings = {"trials": args.trials, "timeout_s": args.timeout, "study": args.study or "car",
-                "storage": args.storage, "workers": args.workers, "seed": args.seed, "out": str(Path(args.out)),
-                "tracks": args.tracks, "evaluate": args.evaluate, "max_steps": args.max_steps,
-                "episodes": args.episodes, "dagger_episodes": args.dagger_episodes, "heartbeat_s": args.heartbeat}
-    try:
-        result = tune_car(settings)
-    except (TuneError, StorageError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    write_json_result(args.json, result)
-    return 0
+    return _run(tune_car, {"trials": args.trials, "timeout_s": args.timeout, "study": args.study or "car",
+                           "storage": args.storage, "workers": args.workers, "seed": args.seed,
+                           "out": str(Path(args.out)), "tracks": args.tracks, "evaluate": args.evaluate,
+                           "max_steps": args.max_steps, "episodes": args.episodes,
+                           "dagger_episodes": args.dagger_episodes, "heartbeat_s": args.heartbeat}, args)
 
 
 def cmd_automl_digits(args: argparse.Namespace) -> int:
-    from .automl import BudgetError, automl
-    from .storage import StorageError
-    from .study import TuneError
+    from .automl import automl
 
-    _storage_checked(args.storage)
-    settings = {"data": args.data, "budget_s": args.budget, "seed": args.seed, "out": str(Path(args.out)),
-                "storage": args.storage, "train_size": args.train_size, "val_size": args.val_size,
-                "test_size": args.test_size}
-    try:
-        result = automl(settings)
-    except (BudgetError, TuneError, StorageError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    write_json_result(args.json, result)
-    return 0
+    return _run(automl, {"data": args.data, "budget_s": args.budget, "seed": args.seed, "out": str(Path(args.out)),
+                         "storage": args.storage, "train_size": args.train_size, "val_size": args.val_size,
+                         "test_size": args.test_size}, args)

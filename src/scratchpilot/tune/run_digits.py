@@ -29,7 +29,7 @@ def _split(settings: dict):
 def _open(settings: dict, split, worker: int = 0, create: bool = True):
     storage = open_storage(settings.get("storage"), settings["out"], heartbeat_s=settings.get("heartbeat_s", 10))
     return open_study(storage, settings["study"], identity(settings, split),
-                      sampler=make_sampler(settings["seed"], worker),
+                      sampler=make_sampler(settings["seed"], worker, settings.get("sampler", "tpe")),
                       pruner=make_pruner(settings.get("pruner", "hyperband"), settings["epochs"]),
                       create=create, where=describe(settings.get("storage"), settings["out"]))
 
@@ -106,7 +106,8 @@ def tune(settings: dict, *, progress: bool = True, log=print) -> dict:
     result = {"study": settings["study"], "storage": where, "space": settings["space"], "data": split.name,
               "n_trials": c["finished"], "n_complete": c["complete"], "n_pruned": c["pruned"],
               "n_failed": c["failed"], "target_trials": settings["trials"], "workers": workers,
-              "seconds": seconds, "epochs_spent": epochs_spent(study), "pruner": settings.get("pruner", "hyperband")}
+              "seconds": seconds, "epochs_spent": epochs_spent(study), "pruner": settings.get("pruner", "hyperband"),
+              "sampler": settings.get("sampler", "tpe")}
     if c["complete"] == 0:
         log("no trial has completed yet: no best model (run the command again to continue the study)")
         write_json(out / "tune.json", result)

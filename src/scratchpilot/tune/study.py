@@ -58,11 +58,20 @@ def make_pruner(name: str, max_epochs: int):
     raise TuneError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
 
 
-def make_sampler(seed: int, worker: int = 0):
+SAMPLERS = ("tpe", "random")
+
+
+def make_sampler(seed: int, worker: int = 0, kind: str = "tpe"):
     """TPE, seeded per worker (two workers with one seed would draw the same first trials), with the
-    "constant liar" that keeps parallel workers from sampling next to each other's running trials."""
-    return optuna.samplers.TPESampler(seed=(seed * 1009 + worker) % 2**32, constant_liar=True,
-                                      n_startup_trials=5, multivariate=True)
+    "constant liar" that keeps parallel workers from sampling next to each other's running trials; or
+    random search, whose trials do not depend on earlier ones (a pruner's cost is then measured on the
+    very same trials with and without it)."""
+    worker_seed = (seed * 1009 + worker) % 2**32
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=worker_seed)
+    if kind != "tpe":
+        raise TuneError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
+    return optuna.samplers.TPESampler(seed=worker_seed, constant_liar=True, n_startup_trials=5, multivariate=True)
 
 
 def open_study(storage, name: str, identity: dict, *, sampler=None, pruner=None, create: bool = True,
