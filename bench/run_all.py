@@ -5,7 +5,8 @@ The long ones run on their own: ``cnn_accuracy.py`` (the digits CNN, ~20 min a s
 (one recipe under every look, ~7 min a seed) and ``pilot_invariance.py`` (preprocessing and augmentation
 choices on paired frames, ~8 min), ``transfer.py`` (EfficientNet-Lite0 retrained on MNIST and
 Fashion-MNIST JPEG folders beside from-scratch networks, ~30 min) and ``transfer_parity.py`` (logits and
-speed against PyTorch; needs the bench extra, ~2 min)."""
+speed against PyTorch; needs the bench extra, ~2 min) and ``tune.py`` (the pruner, the workers and
+PostgreSQL, ~25 min; ``--parts automl`` 30 min, ``--parts car`` ~30 min)."""
 
 from __future__ import annotations
 

@@ -18,12 +18,13 @@ def assessment_section(result: dict) -> tuple[str, str, str]:
     for c in candidates:
         best_by_family.setdefault(c["family"], c)
     defaults = {c["family"]: c for c in candidates if c["defaults"]}
-    reasons = []
+    reasons = [result["selection"]] if result.get("selection") else []
     for family, best in best_by_family.items():
         if family != winner:
-            reasons.append(f"its best validation accuracy, {_pct(result['best_value'])}, is above the best {family}'s, "
+            reasons.append(f"{winner} was chosen as the family: its best trial's validation accuracy, "
+                           f"{_pct(best_by_family[winner]['value'])}, is above the best {family}'s, "
                            f"{_pct(best['value'])} (trial {best['trial']})")
-    if winner in defaults:
+    if winner in defaults and defaults[winner]["trial"] != result["best_trial"]:
         d = defaults[winner]
         gap = result["best_value"] - d["value"]
         reasons.append(f"it is {gap * 100:+.2f} points on validation against the {winner} defaults "

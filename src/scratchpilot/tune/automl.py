@@ -10,7 +10,9 @@ How the budget is spent:
    fits no family is refused before anything is written.
 3. *Explore*: an equal share of half the search time per family (its defaults first, then TPE + Hyperband).
 4. *Exploit*: the rest of the search time for the family with the better validation accuracy.
-5. *Retrain and assess*: the winner and the default of its family, same epochs, on training + validation;
+5. *Select*: its best trial, unless the gain over its defaults is within one standard error
+   (:func:`select_winner`).
+6. *Retrain and assess*: the winner and the default of its family, same epochs, on training + validation;
    the test set is read once by each, at the very end.
 
 The search trains on a subset of the training split (a lower-fidelity search, as multi-fidelity AutoML
@@ -140,7 +142,11 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     search_end = end - measured_reserve(studies[leader], leader, n_search, n_final, plan[leader]["reserve_s"]) \
         - END_SLACK_S
     phases.append(_search(studies[leader], leader, search_split, settings, out, search_end, "exploit", progress, log))
-    winner_trial = studies[leader].best_trial
+    if not np.isfinite(_best_value(studies[leader])):
+        raise BudgetError(f"no trial completed within --budget {format_seconds(settings['budget_s'])}: give it more "
+                          f"time (the studies in {out} are kept and continue next time)")
+    winner_trial, selection = select_winner(studies[leader], len(search_split.y_val))
+    log(f"    {selection}")
     log(f"winner: {leader}, trial {winner_trial.number} (validation {winner_trial.value:.2%}); retraining it and "
         f"the {leader} defaults on {n_final:,d} images, {format_seconds(max(0, end - time.monotonic()))} left")
     final = _retrain_and_test(split, leader, winner_trial, settings["seed"], end, progress)
@@ -156,6 +162,7 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     result = {"budget_s": settings["budget_s"], "seconds": seconds, "budget_kept": seconds / settings["budget_s"],
               "families": families, "skipped_families": skipped, "winner_family": leader,
               "best_trial": winner_trial.number, "best_value": winner_trial.value, "best_params": winner_trial.params,
+              "selection": selection, "search_best_trial": studies[leader].best_trial.number,
               "n_trials": sum(p["trials"] for p in phases), "phases": phases, "candidates": candidates[:20],
               "calibration_s_per_epoch": {f: calibration.epoch_s(f, n_search) for f in spaces.FAMILIES},
               "n_search_images": n_search, "n_final_images": n_final, "data": split.name,
@@ -177,6 +184,26 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
         f"{format_seconds(settings['budget_s'])}"
         f"\nmodel {model_path}, report {report_path}")
     return result
+
+
+def select_winner(study, n_val: int):
+    """The study's best trial, unless its validation gain over the family's defaults is within one standard
+    error of the difference (two binomial proportions on ``n_val`` images): the best of many noisy
+    estimates is flattered by its luck (the winner's curse), and a gain that small does not carry over
+    to the test set reliably. Returns ``(trial, the reason in words)``."""
+    best = study.best_trial
+    defaults = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("defaults")
+                     and t.state.name == "COMPLETE"), None)
+    if defaults is None or defaults.number == best.number:
+        return best, f"trial {best.number} has the best validation accuracy ({best.value:.2%})"
+    p1, p0 = best.value, defaults.value
+    se = float(np.sqrt(p1 * (1 - p1) / n_val + p0 * (1 - p0) / n_val))
+    gain = p1 - p0
+    if gain < se:
+        return defaults, (f"the defaults kept: the best trial ({best.number}, {p1:.2%}) is only {gain * 100:.2f} "
+                          f"points above them ({p0:.2%}), within one standard error ({se * 100:.2f} points)")
+    return best, (f"trial {best.number} ({p1:.2%}) is {gain * 100:.2f} points above the defaults ({p0:.2%}), more "
+                  f"than one standard error ({se * 100:.2f} points)")
 
 
 def _subset(split, n: int):
