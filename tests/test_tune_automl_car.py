@@ -81,3 +81,23 @@ def test_tune_car_scores_on_tuning_tracks_and_compares_with_the_demo(tmp_path):
     assert (out / "expert" / "recording.json").read_text() == recording
     # another set of tuning tracks is another study
     assert main([*args[:-6], "--tracks", "3", "--trials", "5", "--out", str(out)]) == 2
+
+
+def test_the_winner_must_beat_the_defaults_by_more_than_one_standard_error(tmp_path):
+    from scratchpilot.tune.automl import select_winner
+
+    def study_with(default_value: float, best_value: float):
+        study = optuna.create_study(direction="maximize")
+        x = optuna.distributions.FloatDistribution(0, 1)
+        study.add_trial(optuna.create_trial(value=default_value, params={"x": 0.5}, distributions={"x": x},
+                                            user_attrs={"defaults": "mlp"}))
+        study.add_trial(optuna.create_trial(value=best_value, params={"x": 0.1}, distributions={"x": x}))
+        return study
+
+    # on 10,000 images the standard error of a difference near 98.5 % is about 0.17 points
+    trial, why = select_winner(study_with(0.9854, 0.9869), 10_000)
+    assert trial.number == 0 and "defaults kept" in why
+    trial, why = select_winner(study_with(0.9854, 0.9890), 10_000)
+    assert trial.number == 1 and "more than one standard error" in why
+    trial, why = select_winner(study_with(0.9890, 0.9854), 10_000)  # the defaults are the best trial
+    assert trial.number == 0 and "best validation accuracy" in why
