@@ -87,7 +87,7 @@ def measured_reserve(study, family: str, n_search: int, n_final: int, fallback: 
                if "epoch_seconds" in t.user_attrs]
     if not seconds:
         return fallback
-    return 2 * EPOCHS[family] * float(np.median(seconds)) * n_final / n_search * MEASURED_MARGIN + 5.0
+    return 2 * EPOCHS[family] * float(np.median(seconds)) * n_final / n_search * MEASURED_MARGIN + 2.0
 
 
 def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
