@@ -138,7 +138,7 @@ def _wait_for_running_trial(out: Path, timeout_s: float = 120.0):
 def test_a_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_path, shared_data):
     out = tmp_path / "killed"
     args = _cli("tune", "digits", "--train-size", "4000", "--val-size", "500", "--test-size", "500", "--epochs", "4",
-                "--trials", "6", "--workers", "2", "--heartbeat", "1", "--out", str(out),
+                "--trials", "6", "--workers", "2", "--heartbeat", "2", "--out", str(out),
                 "--json", str(tmp_path / "k.json"))
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
