@@ -200,8 +200,15 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
             time.sleep(poll_s)
             continue
         ended: list = []
-        study.optimize(objective, n_trials=1, catch=(Surplus, OutOfTime), gc_after_trial=False,
-                       callbacks=[lambda _study, frozen, ended=ended: ended.append(frozen)])
+        try:
+            study.optimize(objective, n_trials=1, catch=(Surplus, OutOfTime), gc_after_trial=False,
+                           callbacks=[lambda _study, frozen, ended=ended: ended.append(frozen)])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # this worker was silent for too long (a stalled machine) and another failed its trial as stale;
+            # that trial is queued again, so this result is dropped and the worker goes on
+            print("a trial of this worker was failed as stale by another worker; it runs again",
+                  file=sys.stderr, flush=True)
+            continue
         if any(t.user_attrs.get("unstarted") for t in ended):
             break  # the time left is shorter than an epoch
         for t in ended:
