@@ -203,7 +203,9 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         try:
             study.optimize(objective, n_trials=1, catch=(Surplus, OutOfTime), gc_after_trial=False,
                            callbacks=[lambda _study, frozen, ended=ended: ended.append(frozen)])
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a"):
+                raise
             # this worker was silent for too long (a stalled machine) and another failed its trial as stale;
             # that trial is queued again, so this result is dropped and the worker goes on
             print("a trial of this worker was failed as stale by another worker; it runs again",
