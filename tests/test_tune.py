@@ -268,3 +268,20 @@ def test_a_labelled_kaggle_csv_is_tested_on_a_held_out_seventh(tmp_path, shared_
     assert main(["data", "export-csv", "mnist-test", str(test_csv), "--limit", "50", "--no-labels"]) == 0
     assert main(["tune", "digits", "--data", str(test_csv), "--out", str(tmp_path / "x")]) == 2
     assert "has no labels" in capsys.readouterr().err
+
+
+def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, capsys):
+    storage = open_storage(None, tmp_path)
+    study, _ = open_study(storage, "s", {"task": "test"})
+    calls = []
+
+    def objective(trial):
+        claim_place(trial, 2)
+        calls.append(trial.number)
+        if trial.number == 0:  # another worker found this trial silent and failed it meanwhile
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        return trial.suggest_float("x", 0, 1)
+
+    assert run_trials(study, objective, 2) == 2
+    assert calls == [0, 1, 2] and counts(study)["finished"] == 2
+    assert "failed as stale" in capsys.readouterr().err
