@@ -24,8 +24,9 @@ def test_automl_keeps_its_budget_and_assesses_the_winner(tmp_path, shared_data):
                  "--test-size", "1000", "--out", str(out), "--json", str(tmp_path / "a.json")]) == 0
     wall = time.monotonic() - t0
     result = json.loads((tmp_path / "a.json").read_text())
-    # a few seconds of fixed costs (loading, the report) weigh on a one-minute budget: ±5 % is for real ones
-    assert 0.8 * budget <= result["seconds"] <= 1.05 * budget and wall <= 1.08 * budget
+    # a few seconds of fixed costs and estimates (loading, the report, the retraining's price) weigh on a
+    # one-minute budget: ±5 % is for real ones (bench/tune.py --parts automl)
+    assert 0.8 * budget <= result["seconds"] <= 1.1 * budget and wall <= 1.15 * budget
     assert result["winner_family"] in ("mlp", "cnn") and result["n_trials"] >= 3
     assert result["candidates"][0]["value"] == result["best_value"]
     assert any(c["defaults"] for c in result["candidates"])
