@@ -286,3 +286,31 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, capsys):
     assert run_trials(study, objective, 2) == 2
     assert calls == [0, 1, 2] and counts(study)["finished"] == 2
     assert "failed as stale" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_training_waits_for_a_safe_point():
+    from scratchpilot.tune.interrupt import DeferredInterrupt
+
+    interrupt = DeferredInterrupt()
+    with interrupt.installed():
+        os.kill(os.getpid(), signal.SIGINT)  # as if during a storage write: only noted
+        assert interrupt.pending
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    interrupt = DeferredInterrupt()
+    with interrupt.installed(), pytest.raises(KeyboardInterrupt), interrupt.interruptible():
+        with interrupt.shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the shielded call finishes ...
+            finished = True
+        raise AssertionError("not reached: the interrupt is raised when the shielded call ends")
+    assert finished
+
+
+def test_the_best_of_tied_trials_is_the_earliest(tmp_path):
+    from scratchpilot.tune.study import best_trial
+
+    study, _ = open_study(open_storage(None, tmp_path), "ties", {"task": "test"})
+    for value in (0.5, 0.9, 0.7, 0.9):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    assert best_trial(study).number == 1

@@ -32,7 +32,17 @@ from ..digits import models
 from . import spaces
 from .digits import DigitsObjective, enqueue_defaults, load_split
 from .storage import describe, open_storage
-from .study import FINISHED, Progress, format_seconds, make_pruner, make_sampler, open_study, run_trials, worker_id
+from .study import (
+    FINISHED,
+    Progress,
+    best_trial,
+    format_seconds,
+    make_pruner,
+    make_sampler,
+    open_study,
+    run_trials,
+    worker_id,
+)
 
 #: training images a search trial sees (all of them at the final retraining)
 SEARCH_IMAGES = 20_000
@@ -162,7 +172,7 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
     result = {"budget_s": settings["budget_s"], "seconds": seconds, "budget_kept": seconds / settings["budget_s"],
               "families": families, "skipped_families": skipped, "winner_family": leader,
               "best_trial": winner_trial.number, "best_value": winner_trial.value, "best_params": winner_trial.params,
-              "selection": selection, "search_best_trial": studies[leader].best_trial.number,
+              "selection": selection, "search_best_trial": best_trial(studies[leader]).number,
               "n_trials": sum(p["trials"] for p in phases), "phases": phases, "candidates": candidates[:20],
               "calibration_s_per_epoch": {f: calibration.epoch_s(f, n_search) for f in spaces.FAMILIES},
               "n_search_images": n_search, "n_final_images": n_final, "data": split.name,
@@ -191,7 +201,7 @@ def select_winner(study, n_val: int):
     error of the difference (two binomial proportions on ``n_val`` images): the best of many noisy
     estimates is flattered by its luck (the winner's curse), and a gain that small does not carry over
     to the test set reliably. Returns ``(trial, the reason in words)``."""
-    best = study.best_trial
+    best = best_trial(study)
     defaults = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("defaults")
                      and t.state.name == "COMPLETE"), None)
     if defaults is None or defaults.number == best.number:

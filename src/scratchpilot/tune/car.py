@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from .interrupt import INTERRUPT
 from .storage import describe, open_storage
-from .study import Progress, claim_place, counts, open_study, run_trials, worker_id
+from .study import Progress, best_trial, claim_place, counts, open_study, run_trials, worker_id
 
 #: seeds of the tracks a trial's pilot is scored on: not the training tracks, not the evaluation tracks
 TUNING_SEEDS_START = 3000
@@ -87,20 +88,23 @@ class CarObjective:
         root = self.out / "sessions" / f"trial-{trial.number:04d}"
 
         def report(round_index: int, score: float) -> None:
-            trial.report(score, round_index)
-            trial.set_user_attr("rounds_run", round_index + 1)
-            if trial.should_prune():
+            with INTERRUPT.shielded():  # storage writes: Ctrl-C waits for them
+                trial.report(score, round_index)
+                trial.set_user_attr("rounds_run", round_index + 1)
+                pruned = trial.should_prune()
+            if pruned:
                 raise optuna.TrialPruned(f"round {round_index} scored {score:.0f} on its DAgger tracks")
 
         try:
-            model, train_report, _ = training.learn_to_drive(
-                root, episodes=self.settings["episodes"], rounds=recipe["rounds"],
-                dagger_episodes=self.settings["dagger_episodes"], seed=self.settings["seed"], arch=recipe["arch"],
-                epochs=recipe["epochs"], history_lag=recipe["history_lag"], balance=recipe["balance"],
-                hidden=recipe["hidden"], expert=self.expert, on_round=report, progress=self.progress,
-                max_steps=self.settings.get("max_steps"), log=lambda line: None)
-            driven = drive_sim(Pilot(model), self.tuning_seeds(), progress=False,
-                               max_steps=self.settings.get("max_steps"))
+            with INTERRUPT.interruptible():
+                model, train_report, _ = training.learn_to_drive(
+                    root, episodes=self.settings["episodes"], rounds=recipe["rounds"],
+                    dagger_episodes=self.settings["dagger_episodes"], seed=self.settings["seed"],
+                    arch=recipe["arch"], epochs=recipe["epochs"], history_lag=recipe["history_lag"],
+                    balance=recipe["balance"], hidden=recipe["hidden"], expert=self.expert, on_round=report,
+                    progress=self.progress, max_steps=self.settings.get("max_steps"), log=lambda line: None)
+                driven = drive_sim(Pilot(model), self.tuning_seeds(), progress=False,
+                                   max_steps=self.settings.get("max_steps"))
         finally:
             shutil.rmtree(root, ignore_errors=True)  # the DAgger recordings are not kept
         score = float(driven["mean_score"])
@@ -112,7 +116,7 @@ class CarObjective:
             best = trial.study.best_value
         except ValueError:
             best = -np.inf
-        if score > best or trial.user_attrs.get("defaults"):
+        if score >= best or trial.user_attrs.get("defaults"):
             save_or_rescue(model.save, self.out / "trials" / f"trial-{trial.number:04d}.npz", "trial pilot")
         return score
 
@@ -183,7 +187,7 @@ def tune_car(settings: dict, *, progress: bool = True, log=print) -> dict:
     if c["complete"] == 0:
         log("no trial has completed yet: no best recipe (run the command again to continue the study)")
         return result
-    best = study.best_trial
+    best = best_trial(study)
     result.update(best_value=best.value, best_params=best.params, best_trial=best.number)
     best_path = out / "trials" / f"trial-{best.number:04d}.npz"
     if best_path.exists():

@@ -16,7 +16,8 @@ import optuna
 
 from ..digits import models
 from . import spaces
-from .study import OutOfTime, claim_place
+from .interrupt import INTERRUPT
+from .study import OutOfTime, best_trial, claim_place
 
 #: validation images held out of the training set when none is asked for
 DEFAULT_VAL = 10_000
@@ -113,23 +114,25 @@ class DigitsObjective:
         spent = {"epochs": 0}
 
         def report(model, epoch, logs):
-            step = epoch + 1
-            spent["epochs"] = step
-            trial.set_user_attr("epochs", step)
-            trial.set_user_attr("epoch_seconds", float(logs["epoch_seconds"]))
-            trial.report(float(logs["val_accuracy"]), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"validation accuracy {logs['val_accuracy']:.2%} at epoch {step}")
-            if (self.deadline is not None and step < config.epochs
-                    and time.monotonic() + 1.1 * logs["epoch_seconds"] > self.deadline):
-                trial.set_user_attr("cut", "time")
-                raise optuna.TrialPruned(f"the time budget ends before epoch {step + 1}")
-            return False
+            with INTERRUPT.shielded():  # storage writes: Ctrl-C waits for them
+                step = epoch + 1
+                spent["epochs"] = step
+                trial.set_user_attr("epochs", step)
+                trial.set_user_attr("epoch_seconds", float(logs["epoch_seconds"]))
+                trial.report(float(logs["val_accuracy"]), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"validation accuracy {logs['val_accuracy']:.2%} at epoch {step}")
+                if (self.deadline is not None and step < config.epochs
+                        and time.monotonic() + 1.1 * logs["epoch_seconds"] > self.deadline):
+                    trial.set_user_attr("cut", "time")
+                    raise optuna.TrialPruned(f"the time budget ends before epoch {step + 1}")
+                return False
 
         try:
-            model = models.train(config, self.split.X_train, self.split.y_train, seed=self.seed,
-                                 validation=(self.split.X_val, self.split.y_val), progress=False,
-                                 callbacks=[report], threads=self.threads or "auto")
+            with INTERRUPT.interruptible():
+                model = models.train(config, self.split.X_train, self.split.y_train, seed=self.seed,
+                                     validation=(self.split.X_val, self.split.y_val), progress=False,
+                                     callbacks=[report], threads=self.threads or "auto")
         except FloatingPointError as exc:  # the learning rate was too high for this configuration
             trial.set_user_attr("diverged", True)
             raise optuna.TrialPruned(str(exc)) from None
@@ -138,12 +141,14 @@ class DigitsObjective:
         return value
 
     def _keep_if_best(self, trial: optuna.Trial, model, value: float) -> None:
-        """Save the trial's model when it beats every finished trial so far (others are not kept)."""
+        """Save the trial's model when no finished trial so far beats it (others are not kept); a tie is kept
+        too, since the earliest of tied trials is the best (:func:`.study.best_trial`) and a tied trial
+        still running elsewhere may be the earlier one."""
         try:
             best = trial.study.best_value
         except ValueError:
             best = -np.inf
-        if value > best:
+        if value >= best:
             from ..util.files import save_or_rescue
 
             save_or_rescue(model.save, trial_model_path(self.out_dir, trial.number), "trial model")
@@ -178,7 +183,7 @@ def best_model(study: optuna.Study, split: DigitsSplit, space: str, epochs: int,
     from ..data import to_features
     from ..digits.metrics import wilson_interval
 
-    best = study.best_trial
+    best = best_trial(study)
     path = trial_model_path(out_dir, best.number)
     retrained = not path.exists()
     config = spaces.config_from_params(best.params, space, epochs, name=f"{study.study_name}-trial-{best.number}")
@@ -211,7 +216,7 @@ def remove_other_models(study: optuna.Study, out_dir) -> None:
         return
     if any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
         return
-    keep = trial_model_path(out_dir, study.best_trial.number).name
+    keep = trial_model_path(out_dir, best_trial(study).number).name
     for file in folder.glob("trial-*.npz"):
         if file.name != keep:
             try:

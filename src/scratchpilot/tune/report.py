@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from ..report.html import Raw, cards, esc, figure, figure_data_uri, key_values, page, table
 from ..util.files import write_atomic
+from .study import best_trial
 
 
 def _plot(name: str, study: optuna.Study, **kwargs) -> str:
@@ -42,7 +43,7 @@ def _value(v) -> str:
 
 def _defaults_html(study: optuna.Study, fmt: str) -> str:
     """The best trial's parameters beside the defaults' trial (the study's first, queued by the command)."""
-    best = study.best_trial
+    best = best_trial(study)
     rows, shown = [], []
     for t in study.get_trials(deepcopy=False):
         family = t.user_attrs.get("defaults")
@@ -101,7 +102,7 @@ def write_report(study: optuna.Study, path, result: dict, *, space: str, title: 
                           ("test", Raw(esc(f"{result['test_accuracy']:.2%} on {result['test_dataset']} (95% CI "
                                            f"{result['test_ci95'][0]:.2%}–{result['test_ci95'][1]:.2%}), "
                                            f"read once, by the best model") if "test_accuracy" in result else "–"))])
-    params = list(study.best_trial.params)
+    params = list(best_trial(study).params)
     sections = [
         ("summary", "Summary", summary),
         ("history", "Optimisation history", _plot("plot_optimization_history", study)

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import spaces
 from .digits import DigitsObjective, best_model, enqueue_defaults, load_split, remove_other_models
 from .storage import describe, open_storage
-from .study import Progress, counts, make_pruner, make_sampler, open_study, run_trials, worker_id
+from .study import Progress, best_trial, counts, make_pruner, make_sampler, open_study, run_trials, worker_id
 
 
 def identity(settings: dict, split) -> dict:
@@ -116,7 +116,7 @@ def tune(settings: dict, *, progress: bool = True, log=print) -> dict:
                                storage_text=where, threads=settings.get("threads"), progress=progress)
     model_path = save_or_rescue(model.save, Path(settings.get("model") or out / "best.npz"), "best model")
     remove_other_models(study, out)
-    best = study.best_trial
+    best = best_trial(study)
     result.update(best_value=best.value, best_params=best.params, best_trial=best.number, model=str(model_path),
                   **tested)
     report_path = out / "report.html"

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from .interrupt import INTERRUPT
+
 # the heartbeat retry, multivariate TPE and the matplotlib plots are marked experimental by Optuna; they
 # are the documented way to do what they do, and the warning would print once per worker and trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -126,6 +128,16 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
+def best_trial(study: optuna.Study):
+    """The complete trial with the highest value, the earliest of equal ones. Not ``study.best_trial``: a
+    database storage returns any of several tied trials, so two workers could name different ones (and
+    retrain a model neither kept). Raises ``ValueError`` when no trial is complete."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"study {study.study_name!r} has no complete trial")
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
 def claim_place(trial: optuna.Trial, target: int) -> None:
     """Raise :class:`Surplus` when ``trial``'s number puts it past the study's ``target``: its place is the
     count of trials holding a place (finished, running, queued) numbered up to its own."""
@@ -153,7 +165,7 @@ class Progress:
     def line(self, study: optuna.Study, note: str = "") -> str:
         c = counts(study)
         try:
-            best = study.best_trial
+            best = best_trial(study)
             best_text = f"best {self.value_format.format(best.value)} (trial {best.number})"
         except ValueError:
             best_text = "no trial complete yet"
@@ -187,10 +199,17 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     ``deadline`` (a ``time.monotonic()`` value) passes. Returns the number of trials this process finished.
 
     Each trial goes through ``study.optimize(n_trials=1)``, so Optuna's heartbeat thread and its check for
-    stale trials run as usual. The objective must call :func:`claim_place` first.
+    stale trials run as usual. The objective must call :func:`claim_place` first. Ctrl-C is deferred to a
+    safe point (:mod:`.interrupt`).
     """
+    with INTERRUPT.installed():
+        return _run_trials(study, objective, target, deadline, progress, poll_s)
+
+
+def _run_trials(study, objective, target, deadline, progress, poll_s) -> int:
     finished_here = 0
     while deadline is None or time.monotonic() < deadline:
+        INTERRUPT.check()
         c = counts(study)
         if c["finished"] >= target:
             break
