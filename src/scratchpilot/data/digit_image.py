@@ -22,6 +22,7 @@ refused there). Pillow is imported only when an image needs it.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -72,15 +73,91 @@ def prepare_digit(image) -> np.ndarray:
     ValueError
         For arrays of the wrong shape, out-of-range or non-finite values.
     """
+    return _prepare(image, with_features=False)[0]
+
+
+def prepare_digit_with_features(image) -> tuple[np.ndarray, dict[str, float]]:
+    """:func:`prepare_digit`, and the picture's :func:`digit_input_features` (computed on the way, from the
+    same ink map: what the server logs costs no second pass)."""
+    return _prepare(image, with_features=True)
+
+
+#: what :func:`digit_input_features` measures, in this order
+DIGIT_FEATURES = ("ink_mass", "box_height", "box_width", "centre_row", "centre_col", "stroke_width", "slant",
+                  "background")
+
+
+def digit_input_features(image) -> dict[str, float]:
+    """The digit as it arrived, before preprocessing: what a deployed model's inputs are watched by.
+
+    - ``ink_mass``: mean ink over the picture (ink 0..1, as :func:`prepare_digit` finds it);
+    - ``box_height``, ``box_width``: the ink's bounding box as fractions of the picture's height and width;
+    - ``centre_row``, ``centre_col``: the centre of mass as fractions of the height and width;
+    - ``stroke_width``: 2·area / perimeter of the ink above half strength (the width of a long stroke), as a
+      fraction of the box's long side (MNIST: about 0.12);
+    - ``slant``: the angle in degrees of the ink's principal axis from the vertical (second moments;
+      0 upright, the sign says which way);
+    - ``background``: the background level 0 (black) … 1 (white): the polarity (MNIST: light ink on 0).
+
+    Raises :class:`NothingDrawnError` for a blank picture, ``ValueError`` for a malformed one.
+    """
     gray, alpha = _gray_and_alpha(image)
-    ink = _ink(gray, alpha)
+    ink, background = _ink(gray, alpha, with_background=True)
+    rows = np.flatnonzero(np.logical_or.reduce(ink, axis=1))
+    cols = np.flatnonzero(np.logical_or.reduce(ink, axis=0))
+    return _features(ink, rows, cols, background)
+
+
+def _prepare(image, with_features: bool):
+    gray, alpha = _gray_and_alpha(image)
+    ink, background = _ink(gray, alpha, with_background=True)
     # ufunc methods rather than ndarray.any/sum/clip: the same arithmetic without their Python wrappers,
     # which cost more than the work on 28×28 pixels (this runs once per web request)
     rows = np.flatnonzero(np.logical_or.reduce(ink, axis=1))
     cols = np.flatnonzero(np.logical_or.reduce(ink, axis=0))
+    features = _features(ink, rows, cols, background) if with_features else None
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     digit = _fit_box(crop, BOX)
-    return _centre_by_mass(digit, SIZE, CENTRE)
+    return _centre_by_mass(digit, SIZE, CENTRE), features
+
+
+def _features(ink: np.ndarray, rows: np.ndarray, cols: np.ndarray, background: float) -> dict[str, float]:
+    """:func:`digit_input_features` from the ink map and the rows and columns holding ink."""
+    height, width = ink.shape
+    row_mass, col_mass = np.add.reduce(ink, axis=1), np.add.reduce(ink, axis=0)
+    mass = float(np.add.reduce(row_mass))
+    y, x = _coordinates(height), _coordinates(width)
+    cy, cx = float(row_mass @ y) / mass, float(col_mass @ x) / mass
+    dy, dx = y - np.float32(cy), x - np.float32(cx)
+    # second central moments: the principal axis's angle from the x axis is ½·atan2(2·Sxy, Sxx − Syy)
+    syy, sxx, sxy = float(row_mass @ (dy * dy)), float(col_mass @ (dx * dx)), float(dy @ ink @ dx)
+    slant = math.degrees(0.5 * math.atan2(2 * sxy, sxx - syy)) - 90.0
+    if slant <= -90.0:
+        slant += 180.0
+    solid = ink >= 0.5
+    area = int(np.count_nonzero(solid))
+    # city-block perimeter: ink/background changes along rows and columns, the picture's edge included
+    perimeter = (np.count_nonzero(solid[1:] != solid[:-1]) + np.count_nonzero(solid[:, 1:] != solid[:, :-1])
+                 + np.count_nonzero(solid[0]) + np.count_nonzero(solid[-1]) + np.count_nonzero(solid[:, 0])
+                 + np.count_nonzero(solid[:, -1]))
+    box_h, box_w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    stroke = 2.0 * area / int(perimeter) / max(box_h, box_w) if perimeter else 0.0
+    # six decimals: more than the measurements mean, and the same values in a log and in a model's profile
+    values = (mass / ink.size, box_h / height, box_w / width, (cy + 0.5) / height, (cx + 0.5) / width, stroke,
+              slant, background)
+    return {name: round(float(v), 6) for name, v in zip(DIGIT_FEATURES, values, strict=True)}
+
+
+_COORDINATES: dict[int, np.ndarray] = {}
+
+
+def _coordinates(n: int) -> np.ndarray:
+    """0, 1, …, n−1 as float32 (kept: the server asks for the same few sizes every request)."""
+    values = _COORDINATES.get(n)
+    if values is None:
+        values = _COORDINATES.setdefault(n, np.arange(n, dtype=np.float32)) if len(_COORDINATES) < 64 else \
+            np.arange(n, dtype=np.float32)
+    return values
 
 
 def digit_features(image) -> np.ndarray:
@@ -179,8 +256,10 @@ def _border_median(values: np.ndarray) -> float:
     return float(border[middle])
 
 
-def _ink(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """Ink strength float32 (H, W) in [0, 1], 0 for background; raises NothingDrawnError if none."""
+def _ink(gray: np.ndarray, alpha: np.ndarray | None, *, with_background: bool = False):
+    """Ink strength float32 (H, W) in [0, 1], 0 for background; raises NothingDrawnError if none. With
+    ``with_background``: ``(ink, background level)`` (a transparent canvas's background counts as 0)."""
+    background = 0.0
     if alpha is not None and _border_median(alpha) < 0.5:
         # drawn on a transparent canvas: whatever colour the strokes are, their coverage is the ink
         ink = alpha.copy()
@@ -193,7 +272,7 @@ def _ink(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
         raise NothingDrawnError("nothing drawn: the image is blank (no ink differs from the background)")
     ink /= np.float32(contrast)
     ink[ink < NOISE_FLOOR] = 0
-    return ink
+    return (ink, background) if with_background else ink
 
 
 def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:

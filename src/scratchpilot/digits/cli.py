@@ -161,8 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.ensemble == 1:
             result["validation_history"] = model.history["val_accuracy"]
         print(f"{args.validate} accuracy: {acc:.2%}  ({seconds:.1f} s)")
+    models.attach_profile(model, train_set.images, source=train_set.name,
+                          held_out=(validation[0], args.validate) if validation is not None else None)
     save_or_rescue(model.save, args.out, "trained model")
-    print(f"saved {args.out}")
+    print(f"saved {args.out} (with the reference profile its deployment is watched against)")
     write_json_result(args.json, {**result, "model": str(args.out)})
     return 0
 

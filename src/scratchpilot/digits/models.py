@@ -201,8 +201,22 @@ def ensure_default_model(progress: bool = True, config: TrainConfig = BEST) -> P
 
     model.metadata["test_accuracy"] = model.evaluate(to_features(X_test), y_test)["accuracy"]
     model.metadata["test_dataset"] = "mnist-test"
+    attach_profile(model, X_train, held_out=(X_test, "mnist-test"), source="mnist-train")
     model.save(path)
     return path
+
+
+def attach_profile(model, images: np.ndarray, *, held_out: tuple[np.ndarray, str] | None = None,
+                   source: str = "training images") -> dict:
+    """Store the reference profile a deployed model is watched against (:mod:`scratchpilot.monitor`) in
+    ``model.metadata["profile"]``: the input features of (a sample of) its raw training ``images`` and its
+    answers on ``held_out`` = (images, name). Returns the profile."""
+    from ..monitor.profile import PROFILE_KEY, digits_profile
+
+    labels = (getattr(model, "metadata", None) or {}).get("labels") or LABELS
+    profile = digits_profile(model, images, held_out=held_out, source=source, labels=[str(x) for x in labels])
+    model.metadata[PROFILE_KEY] = profile
+    return profile
 
 
 @dataclass(frozen=True)

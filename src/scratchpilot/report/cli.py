@@ -58,6 +58,31 @@ def add_parser(subparsers) -> None:
     model.add_argument("--no-progress", action="store_true", help="no progress bars")
     model.set_defaults(func=cmd_model)
 
+    monitor = commands.add_parser(
+        "monitor", help="drift of a deployed model's logged answers against its reference profile",
+        description="Cut prediction logs (scratchpilot serve --log, car drive --log) into windows and compare "
+                    "each with the model file's reference profile: per input feature and for the predicted "
+                    "classes the population stability index and a two-sample KS test, the confidence trend, "
+                    "the lowest-confidence inputs, and a verdict per window (drift: PSI ≥ 0.25 confirmed by "
+                    "KS p < 0.01; watch: PSI ≥ 0.1). Unreadable records are skipped and listed.")
+    monitor.add_argument("logs", metavar="DIR", nargs="+", help="log folders (or .jsonl files)")
+    monitor.add_argument("--model", required=True, help="the model file that answered (.npz)")
+    monitor.add_argument("--window", default="1h", type=_window,
+                         help="window length: a duration (90s, 20m, 1h; default 1h) or a count of answers (500req)")
+    monitor.add_argument("--out", default="monitor.html", type=options.output_file(".html"),
+                         help="HTML file (default monitor.html)")
+    monitor.add_argument("--json", metavar="PATH", type=options.json_file, help="write the windows' figures as JSON")
+    monitor.add_argument("--fail-on-drift", action="store_true",
+                         help="exit 3 when any window shows drift (and 4 when drift cannot be assessed), for cron "
+                              "or CI")
+    monitor.set_defaults(func=cmd_monitor)
+
+
+def _window(text: str):
+    from .monitor import parse_window
+
+    return parse_window(text)
+
 
 def _write(report, args: argparse.Namespace) -> None:
     try:
@@ -100,4 +125,23 @@ def cmd_model(args: argparse.Namespace) -> int:
     except (data.ReportError, driving.SessionReportError, model.ModelReportError) as exc:
         raise CommandError(str(exc)) from None
     _write(report, args)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from . import monitor
+
+    try:
+        report = monitor.build_monitor_report(args.logs, args.model, args.window, out_name=str(args.out))
+    except monitor.ReportError as exc:
+        raise CommandError(str(exc)) from None
+    _write(report, args)
+    if args.fail_on_drift:
+        if report.data["drifted_windows"]:
+            print(f"drift in {len(report.data['drifted_windows'])} of {len(report.data['windows'])} windows",
+                  file=sys.stderr)
+            return 3
+        if not report.data["profile"] or not any(w["verdict"] in ("stable", "watch") for w in report.data["windows"]):
+            print("drift could not be assessed (no profile, or no window with enough answers)", file=sys.stderr)
+            return 4
     return 0

@@ -166,6 +166,8 @@ def automl(settings: dict, *, progress: bool = True, log=print) -> dict:
                                 "budget_s": settings["budget_s"]}
     model.metadata["tuning"] = {"study": studies[leader].study_name, "storage": describe(settings.get("storage"), out),
                                 "trial": winner_trial.number, "params": winner_trial.params, "space": leader}
+    # retrained on training + validation: its answers on the test set (already read once) are the held-out ones
+    models.attach_profile(model, split.X_train, held_out=(split.X_test, split.test_name), source=split.name)
     model_path = save_or_rescue(model.save, out / "best.npz", "AutoML model")
     seconds = time.monotonic() - started
     candidates = _candidates(studies)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..digits import models
 from . import spaces
 from .digits import DigitsObjective, best_model, enqueue_defaults, load_split, remove_other_models
 from .storage import describe, open_storage
@@ -114,6 +115,7 @@ def tune(settings: dict, *, progress: bool = True, log=print) -> dict:
         return result
     model, tested = best_model(study, split, settings["space"], settings["epochs"], out, seed=settings["seed"],
                                storage_text=where, threads=settings.get("threads"), progress=progress)
+    models.attach_profile(model, split.X_train, held_out=(split.X_val, f"{split.name} validation"), source=split.name)
     model_path = save_or_rescue(model.save, Path(settings.get("model") or out / "best.npz"), "best model")
     remove_other_models(study, out)
     best = best_trial(study)

@@ -17,7 +17,14 @@ import reprlib
 import numpy as np
 import orjson
 
-from ..data.digit_image import ImageDecodeError, NothingDrawnError, decode_image, prepare_digit
+from ..data.digit_image import (
+    ImageDecodeError,
+    NothingDrawnError,
+    decode_image,
+    digit_input_features,
+    prepare_digit,
+    prepare_digit_with_features,
+)
 from .classifier import DigitClassifier
 
 #: the largest request body accepted (a 280×280 canvas PNG is ~10 KB; a reduced phone photo well under this)
@@ -34,22 +41,26 @@ class BadInput(ValueError):
         self.status = status
 
 
-def digit_from_request(request) -> tuple[np.ndarray, bool]:
-    """The prepared uint8 (28, 28) digit a predict request carries, and whether it wants the preview."""
+def digit_from_request(request, observation: dict | None = None) -> tuple[np.ndarray, bool]:
+    """The prepared uint8 (28, 28) digit a predict request carries, and whether it wants the preview.
+
+    With ``observation`` (a dict, when the server is watched: :mod:`.monitoring`), the input's features as
+    it arrived go into ``observation["features"]``."""
     content_type = request.mimetype
     if content_type == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
             raise BadInput("multipart upload has no file field named 'image'")
-        return _prepare_bytes(upload.read(), f"uploaded file {upload.filename or 'image'!r}"), True
+        return _prepare_bytes(upload.read(), f"uploaded file {upload.filename or 'image'!r}", observation), True
     if content_type == "application/json":
-        return digit_from_json(parse_json(request.get_data(cache=False)))
+        return digit_from_json(parse_json(request.get_data(cache=False)), observation)
     raise BadInput(f"unsupported content type {content_type or 'none'!r}: send multipart/form-data "
                    f"(field 'image') or application/json", 415)
 
 
-def digit_from_json(body: dict) -> tuple[np.ndarray, bool]:
-    """The prepared digit a parsed JSON predict body carries, and whether it wants the preview."""
+def digit_from_json(body: dict, observation: dict | None = None) -> tuple[np.ndarray, bool]:
+    """The prepared digit a parsed JSON predict body carries, and whether it wants the preview (and its
+    features in ``observation``, as :func:`digit_from_request`)."""
     want_preview = body.get("preview", "pixels" not in body)
     if not isinstance(want_preview, bool):
         raise BadInput("'preview' must be true or false")
@@ -61,29 +72,34 @@ def digit_from_json(body: dict) -> tuple[np.ndarray, bool]:
         if not preprocess:
             if not pixels.any():
                 raise BadInput("nothing drawn: all 784 pixels are 0", 422)
+            if observation is not None:
+                observation["features"] = digit_input_features(pixels)
             return pixels, want_preview
-        return _prepare(pixels, "'pixels'"), want_preview
+        return _prepare(pixels, "'pixels'", observation), want_preview
     if "image" in body:
-        return _prepare_bytes(_data_url_bytes(body["image"]), "'image'"), want_preview
+        return _prepare_bytes(_data_url_bytes(body["image"]), "'image'", observation), want_preview
     raise BadInput(f"JSON body needs 'pixels' or 'image'; got keys {sorted(body)[:5]}")
 
 
-def _prepare(image, what: str) -> np.ndarray:
+def _prepare(image, what: str, observation: dict | None = None) -> np.ndarray:
     """:func:`prepare_digit`, its errors turned into answers naming the part of the request at fault."""
     try:
-        return prepare_digit(image)
+        if observation is None:
+            return prepare_digit(image)
+        digit, observation["features"] = prepare_digit_with_features(image)
+        return digit
     except NothingDrawnError as exc:
         raise BadInput(str(exc), 422) from None
     except ValueError as exc:
         raise BadInput(f"{what}: {exc}") from None
 
 
-def _prepare_bytes(data: bytes, what: str) -> np.ndarray:
+def _prepare_bytes(data: bytes, what: str, observation: dict | None = None) -> np.ndarray:
     try:
         image = decode_image(data, where=what)  # the decoder's message starts with ``what``
     except ImageDecodeError as exc:
         raise BadInput(str(exc)) from None
-    return _prepare(image, what)
+    return _prepare(image, what, observation)
 
 
 def _pixels(values) -> np.ndarray:
@@ -135,9 +151,13 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def answer(classifier: DigitClassifier, digit: np.ndarray, want_preview: bool) -> bytes:
-    """The JSON answer to a prediction: label, probabilities, labels, model and, if asked, the preview."""
+def answer(classifier: DigitClassifier, digit: np.ndarray, want_preview: bool,
+           observation: dict | None = None) -> bytes:
+    """The JSON answer to a prediction: label, probabilities, labels, model and, if asked, the preview (and
+    the label, its confidence and the digit in ``observation``, when given)."""
     label, probabilities = classifier.predict(digit)
+    if observation is not None:
+        observation.update(label=classifier.labels[label], confidence=probabilities[label], digit=digit)
     answer = {"label": label, "probabilities": probabilities, "labels": classifier.labels, "model": classifier.name}
     if want_preview:
         answer["preview"] = digit.reshape(-1).tolist()

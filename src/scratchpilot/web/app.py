@@ -29,20 +29,26 @@ from pathlib import Path
 
 from .api import MAX_BODY_BYTES, TOO_LARGE, BadInput, answer, digit_from_request, error_body
 from .classifier import DigitClassifier
-from .fastpath import JsonPredictRoute
+from .fastpath import OBSERVATION_KEY, JsonPredictRoute
 
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'"
 
 log = logging.getLogger(__name__)
 
 
-def create_app(model_path, classifier: DigitClassifier | None = None):
+def create_app(model_path, classifier: DigitClassifier | None = None, *, prediction_log=None,
+               log_images: bool = False, metrics: bool = False):
     """Build the Flask app for one model file.
 
     Parameters
     ----------
     model_path : path of the digits model (``.npz``); loaded now, so a bad file fails here.
     classifier : an already loaded :class:`DigitClassifier` to use instead (tests share one).
+    prediction_log : a :class:`scratchpilot.monitor.predlog.PredictionLog` for one record per prediction
+        (None: none).
+    log_images : store the prepared digit in each record too.
+    metrics : answer ``GET /metrics`` (Prometheus; needs ``prometheus_client``). With
+        ``prediction_log`` or ``metrics`` the app is wrapped in :class:`.monitoring.Monitoring`.
 
     Raises
     ------
@@ -109,9 +115,23 @@ def create_app(model_path, classifier: DigitClassifier | None = None):
 
     @app.post("/api/predict")
     def predict():
-        digit, want_preview = digit_from_request(request)
-        return app.response_class(answer(classifier, digit, want_preview), mimetype="application/json")
+        observation = request.environ.get(OBSERVATION_KEY)
+        digit, want_preview = digit_from_request(request, observation)
+        return app.response_class(answer(classifier, digit, want_preview, observation),
+                                  mimetype="application/json")
 
     # JSON predictions, the hot path under load, skip Flask's request and response objects
     app.wsgi_app = JsonPredictRoute(app.wsgi_app, classifier)
+    if prediction_log is not None or metrics:
+        from ..monitor.profile import ProfileError, read_profile
+        from .monitoring import Monitoring
+
+        try:
+            profile = read_profile(classifier.model, classifier.path)
+        except ProfileError as exc:  # still served; only the drift gauge goes
+            log.warning("%s; the drift score is not computed", exc)
+            profile = None
+        app.wsgi_app = Monitoring(app.wsgi_app, classifier, log=prediction_log, log_images=log_images,
+                                  metrics=metrics, profile=profile)
+        app.extensions["scratchpilot_monitoring"] = app.wsgi_app
     return app

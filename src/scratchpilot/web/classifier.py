@@ -31,6 +31,9 @@ class DigitClassifier:
         self.model = load_digits_model(self.path)
         self.metadata = digits_metadata(self.model, self.path)
         self.labels = self.metadata.labels
+        from ..monitor.profile import model_id
+
+        self.model_id = model_id(self.path)  # what the prediction log names this model by
         # Layers keep per-call state (activations for backprop), so concurrent forwards on one model would
         # race; one image takes tens of microseconds, so a lock costs nothing measurable.
         self._lock = threading.Lock()

@@ -33,6 +33,16 @@ def add_parser(subparsers) -> None:
                         "about one per core gives the most requests per second)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the OS move worker processes between CPUs (default: each worker keeps one CPU)")
+    watch = p.add_argument_group("monitoring")
+    watch.add_argument("--log", metavar="DIR", help="folder of the prediction log, one record per answered "
+                                                    "prediction (default: logs/serve in the cache, printed at start)")
+    watch.add_argument("--no-log", dest="log_on", action="store_false", help="keep no prediction log")
+    watch.add_argument("--log-images", action="store_true",
+                       help="store each prepared 28×28 digit in its record (default: none are stored)")
+    watch.add_argument("--log-max-mb", type=options.integer(1, 1 << 20), default=64,
+                       help="start a new log file past this size, in MB (default 64; 16 kept per process)")
+    watch.add_argument("--no-metrics", dest="metrics", action="store_false",
+                       help="no GET /metrics (Prometheus text format)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -50,10 +60,16 @@ def cmd_serve(args) -> int:
         from ..digits.models import ensure_default_model
 
         model_path = ensure_default_model(progress=True)
+    prediction_log = _open_log(args)
+    if args.metrics:
+        _multiprocess_metrics(args.workers)
     try:
-        app = create_app(model_path)
+        app = create_app(model_path, prediction_log=prediction_log, log_images=args.log_images, metrics=args.metrics)
     except nn.ModelFileError as exc:
         raise CommandError(f"cannot serve: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise CommandError(f"--metrics needs {exc.name}: pip install 'scratchpilot[web]' (or give --no-metrics)"
+                           ) from None
     # one image per request: BLAS threads only add hand-over cost, and waitress threads give the parallelism
     nn.set_blas_threads(1)
     # waitress warns "Task queue depth is N" for every request queued behind busy threads: under load that
@@ -62,6 +78,11 @@ def cmd_serve(args) -> int:
     info = app.extensions["scratchpilot_classifier"].info
     accuracy = f", {info['accuracy']:.2%} on {info['accuracy_on']}" if info.get("accuracy") is not None else ""
     print(f"model {model_path} ({info['architecture']}{accuracy})")
+    if prediction_log is not None:
+        print(f"prediction log: {prediction_log.folder}" + (" (with the digits)" if args.log_images else ""))
+    monitoring = app.extensions.get("scratchpilot_monitoring")
+    if monitoring is not None and monitoring.profile is None:
+        print("the model has no reference profile (trained before profiles were kept): no drift score")
 
     def ready(port: int) -> None:
         processes = f"{args.workers} processes × {args.threads} threads" if args.workers > 1 else \
@@ -76,6 +97,34 @@ def cmd_serve(args) -> int:
     except RuntimeError as exc:
         raise CommandError(str(exc)) from None
     return 0
+
+
+def _open_log(args):
+    """The prediction log ``args`` ask for (None with ``--no-log``)."""
+    if not args.log_on:
+        return None
+    from ..monitor.predlog import PredictionLog, default_log_dir
+
+    folder = args.log or default_log_dir("serve")
+    try:
+        return PredictionLog(folder, max_bytes=args.log_max_mb * 1024 * 1024)
+    except OSError as exc:
+        raise CommandError(f"--log {folder}: cannot write there: {exc.strerror or exc}") from None
+
+
+def _multiprocess_metrics(workers: int) -> None:
+    """prometheus_client's multiprocess mode for forked workers: a fresh folder for their value files, set
+    before prometheus_client is imported (it reads the variable then), removed when the server stops."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="scratchpilot-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    parent = os.getpid()
+    atexit.register(lambda: os.getpid() == parent and shutil.rmtree(folder, ignore_errors=True))
 
 
 def _display_host(host: str) -> str:

@@ -10,6 +10,9 @@ import logging
 from . import api
 from .classifier import DigitClassifier
 
+#: where the monitoring middleware (:mod:`.monitoring`) leaves a dict for the request's label and features
+OBSERVATION_KEY = "scratchpilot.observation"
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +45,8 @@ class JsonPredictRoute:
             if length > api.MAX_BODY_BYTES:
                 raise api.BadInput(api.TOO_LARGE, 413)
             body = api.parse_json(environ["wsgi.input"].read(length) if length > 0 else b"")
-            status, data = 200, api.answer(self.classifier, *api.digit_from_json(body))
+            observation = environ.get(OBSERVATION_KEY)
+            status, data = 200, api.answer(self.classifier, *api.digit_from_json(body, observation), observation)
         except api.BadInput as exc:
             status, data = exc.status, api.error_body(str(exc), exc.status)
         except Exception:  # a bug, not bad input: the traceback goes to the log, not to the client
