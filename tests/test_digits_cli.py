@@ -41,6 +41,12 @@ def test_train_writes_model_and_json(model_path, csvs):
     assert model.metadata["preprocessing"]["kind"] == "mnist"
     assert model.metadata["labels"] == [str(d) for d in range(10)]
     assert len(model.history["loss"]) == 3
+    # the reference profile a deployment is watched against: the CSV's raw digits, answers on the validation CSV
+    profile = model.metadata["profile"]
+    assert profile["kind"] == "digits" and profile["features"]["background"]["mean"] == 0.0
+    assert profile["features"]["ink_mass"]["n"] == 5000 and "test_labelled.csv (2,000 images)" in \
+        profile["classes"]["held_out"]
+    assert abs(sum(profile["classes"]["shares"]) - 1) < 1e-9 and len(profile["classes"]["labels"]) == 10
 
 
 def test_evaluate_numbers_match_an_independent_count(model_path, csvs, tmp_path, capsys):

@@ -457,7 +457,10 @@ def test_serve_command_uses_the_cached_default_model(tmp_path, model_path):
         first = process.stdout.readline()
         second = process.stdout.readline()
         assert "digits-default.npz" in first and "784-128-10" in first, (first, process.stderr.read())
-        url = second.split("serving on ")[1].split()[0].rstrip("/")
+        # the prediction log, by default in the cache
+        assert second.strip() == f"prediction log: {cache / 'logs' / 'serve'}", second
+        lines = [process.stdout.readline() for _ in range(2)]
+        url = next(line for line in lines if "serving on " in line).split("serving on ")[1].split()[0].rstrip("/")
         status, body, _ = http("GET", f"{url}/healthz")
         assert status == 200 and body["model"] == "small 784-128-10"
     finally:
@@ -480,12 +483,13 @@ def test_server_stops_cleanly(app):
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker ids from Linux /proc")
-def test_serve_with_two_worker_processes(model_path, mnist_test):
-    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def test_serve_with_two_worker_processes(model_path, mnist_test, tmp_path):
+    process = subprocess.Popen([*SCRATCHPILOT, "serve", "--model", str(model_path), "--port", "0", "--workers", "2",
+                                "--no-log"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         process.stdout.readline()
+        process.stdout.readline()  # no reference profile (the small test model has none)
         ready = process.stdout.readline()
         assert "2 processes" in ready, (ready, process.stderr.read() if process.poll() is not None else "")
         url = ready.split("serving on ")[1].split()[0].rstrip("/")

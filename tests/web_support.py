@@ -106,13 +106,23 @@ SCRATCHPILOT = SCRATCHPILOT_CLI
 
 
 def start_serving(*args, env=None, command=SCRATCHPILOT) -> tuple[subprocess.Popen, str]:
-    """``scratchpilot serve --port 0 *args`` as a real process, once it accepts connections: (process, base URL)."""
+    """``scratchpilot serve --port 0 *args`` as a real process, once it accepts connections: (process, base URL).
+
+    Its prediction log goes to a fresh temporary folder unless ``args`` say where (or ``--no-log``)."""
+    if "--log" not in args and "--no-log" not in args:
+        import tempfile
+
+        args = (*args, "--log", tempfile.mkdtemp(prefix="scratchpilot-test-log-"))
     process = subprocess.Popen([*command, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
-    process.stdout.readline()
-    ready = process.stdout.readline()
-    assert "serving on " in ready, (ready, process.stderr.read() if process.poll() is not None else "")
+    lines = []
+    for _ in range(8):  # the model, the log, the profile, then "serving on"
+        lines.append(process.stdout.readline())
+        if "serving on " in lines[-1] or not lines[-1]:
+            break
+    ready = lines[-1]
+    assert "serving on " in ready, (lines, process.stderr.read() if process.poll() is not None else "")
     return process, ready.split("serving on ")[1].split()[0].rstrip("/")
 
 
