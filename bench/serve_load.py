@@ -16,7 +16,13 @@ one core whatever its thread count, so a second worker process (``--workers 2``)
 core. Each worker is kept on one CPU (``--no-pin`` turns that off) and the parent hands each connection
 to the worker with the fewest; 2 threads per worker gave the shortest tail of 1/2/4.
 
-Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 1,2,4] [--no-pin]``.
+Monitoring (``--monitoring off,on``): the same server with its prediction log and ``/metrics`` (the
+defaults of ``scratchpilot serve``) and without them (``--no-log --no-metrics``), alternated ``--repeat``
+times in one run so the VM's drift falls on both alike; with monitoring on, ``/metrics`` is scraped
+once a second on a connection of its own (its answers are checked, and counted apart from the load).
+
+Run: ``python bench/serve_load.py [--model m.npz] [--clients 32] [--duration 20] [--threads 1,2,4] [--no-pin]
+[--monitoring off,on --repeat 3]``.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from _common import REPO, ensure_data_env, table, write_result
 
 #: targets from the issue
 TARGET_RPS, TARGET_P99_MS = 500, 50
-COLUMNS = ["workers", "threads", "requests", "req_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors",
-           "correct_fraction", "server_cores", "client_cores", "stop_s", "meets_target"]
+COLUMNS = ["monitoring", "workers", "threads", "requests", "req_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+           "errors", "logged_records", "metrics_scrapes", "correct_fraction", "server_cores", "client_cores",
+           "meets_target"]
 #: answers slower than this count as errors (and stop a stuck run)
 REQUEST_TIMEOUT_S = 10.0
 
@@ -55,6 +62,10 @@ def parse_args(argv):
                         help="server processes; a comma list runs one measurement each (default 1,2)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="pass --no-pin to the server (workers not kept on one CPU each)")
+    parser.add_argument("--monitoring", default="on",
+                        help="on (the prediction log and /metrics, serve's defaults), off, or off,on to compare "
+                             "(default on)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the --monitoring settings this many times (1)")
     parser.add_argument("--json", type=Path, help="also write the results here (always: bench/results/serve_load.json)")
     args = parser.parse_args(argv)
     for name in ("threads", "workers"):
@@ -62,6 +73,9 @@ def parse_args(argv):
             setattr(args, name, [int(t) for t in str(getattr(args, name)).split(",")])
         except ValueError:
             parser.error(f"--{name} must be integers separated by commas, got {getattr(args, name)!r}")
+    args.monitoring = [m.strip() for m in args.monitoring.split(",")]
+    if not set(args.monitoring) <= {"on", "off"} or args.repeat < 1:
+        parser.error("--monitoring takes on, off or both separated by a comma; --repeat must be ≥ 1")
     if args.clients < 1 or args.duration <= 0 or min(args.threads) < 1 or min(args.workers) < 1:
         parser.error("--clients, --duration, --threads and --workers must be positive")
     return args
@@ -70,11 +84,13 @@ def parse_args(argv):
 # ------------------------------------------------------------------------------------------- server
 
 
-def start_server(model: Path, threads: int, workers: int, pin: bool = True) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int, workers: int, pin: bool = True, monitoring: bool = True,
+                 log_dir: str | None = None) -> tuple[subprocess.Popen, str]:
     """``scratchpilot serve`` on a free port of 127.0.0.1; returns the process and its base URL."""
     command = [sys.executable, "-c", "import sys; from scratchpilot.cli import main; sys.exit(main())",
                "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", "--threads", str(threads),
                "--workers", str(workers)] + ([] if pin else ["--no-pin"])
+    command += ["--log", log_dir] if monitoring else ["--no-log", "--no-metrics"]
     # stderr goes to a file: an unread pipe fills up under load and then blocks the server's logging
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -211,16 +227,39 @@ async def watchdog(connections: set, run: dict) -> None:
                 protocol.fail("TimeoutError")
 
 
+async def scrape_metrics(host: str, port: int, run: dict, stats: dict) -> None:
+    """GET /metrics once a second on one keep-alive connection of its own, as Prometheus would."""
+    reader, writer = await asyncio.open_connection(host, port)
+    request = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    try:
+        while time.perf_counter() < run["stop_at"]:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            body = await reader.readexactly(length)
+            # the first scrape may come before any count was handed over (a page with no samples yet)
+            ok = head.startswith(b"HTTP/1.1 200") and (b"scratchpilot_requests_total" in body
+                                                       or not stats["scrapes"])
+            stats["scrapes"].append((time.perf_counter() - started, ok))
+            await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - started)))
+    finally:
+        writer.close()
+
+
 async def load(url: str, requests: list[bytes], labels: np.ndarray, clients: int, warmup: float,
-               duration: float) -> dict:
+               duration: float, scrape: bool = False) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     requests = [request_bytes(host, int(port), body) for body in requests]
-    stats = {"latencies": [], "errors": {}, "correct": 0}
+    stats = {"latencies": [], "errors": {}, "correct": 0, "scrapes": []}
     start = time.perf_counter()
     run = {"measure_from": start + warmup, "stop_at": start + warmup + duration}
     connections: set = set()  # the open ones
     guard = asyncio.ensure_future(watchdog(connections, run))
     tasks = [client(host, int(port), requests, labels, c * 7, run, stats, connections) for c in range(clients)]
+    if scrape:
+        tasks.append(scrape_metrics(host, int(port), run, stats))
     try:
         # bounded: even if the server hangs, every client gives up REQUEST_TIMEOUT_S after the end
         await asyncio.wait_for(asyncio.gather(*tasks), warmup + duration + 2 * REQUEST_TIMEOUT_S)
@@ -242,11 +281,13 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels: np.ndarray, args) -> dict:
-    process, url = start_server(model, threads, workers, args.pin)
+def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels: np.ndarray, args,
+            monitoring: bool = True) -> dict:
+    log_dir = tempfile.mkdtemp(prefix="serve-load-log-")
+    process, url = start_server(model, threads, workers, args.pin, monitoring, log_dir)
     try:
         server_cpu0, client_cpu0 = cpu_seconds(process.pid), time.process_time()
-        stats = asyncio.run(load(url, bodies, labels, args.clients, args.warmup, args.duration))
+        stats = asyncio.run(load(url, bodies, labels, args.clients, args.warmup, args.duration, scrape=monitoring))
         server_cpu = cpu_seconds(process.pid) - server_cpu0
         client_cpu = time.process_time() - client_cpu0
     finally:
@@ -257,7 +298,17 @@ def measure(model: Path, workers: int, threads: int, bodies: list[bytes], labels
     n = len(latencies_ms)
     errors = sum(stats["errors"].values())
     elapsed = args.warmup + args.duration
+    logged = sum(1 for f in Path(log_dir).glob("*.jsonl") for _ in open(f, "rb"))
+    import shutil
+
+    shutil.rmtree(log_dir, ignore_errors=True)
+    scrapes = stats["scrapes"]
     return {
+        "monitoring": "on" if monitoring else "off",
+        "logged_records": logged,
+        "metrics_scrapes": len(scrapes),
+        "metrics_scrape_failures": sum(1 for _, ok in scrapes if not ok),
+        "metrics_scrape_max_ms": max((s for s, _ in scrapes), default=0.0) * 1e3,
         "workers": workers,
         "threads": threads,
         "pinned": args.pin,
@@ -297,17 +348,37 @@ def main(argv=None) -> int:
     print(f"model {model}; {args.clients} keep-alive clients, {args.duration:g} s per run "
           f"(+{args.warmup:g} s warm-up), JSON pixel requests; {os.cpu_count()} CPUs shared by server and client")
     rows = []
-    for workers, threads in [(w, t) for w in args.workers for t in args.threads]:
-        row = measure(model, workers, threads, bodies, labels[:500], args)
+    plan = [(w, t, m) for w in args.workers for t in args.threads for _ in range(args.repeat) for m in args.monitoring]
+    for workers, threads, monitoring in plan:
+        row = measure(model, workers, threads, bodies, labels[:500], args, monitoring == "on")
         row["meets_target"] = (row["req_per_s"] >= TARGET_RPS and row["p99_ms"] is not None
-                               and row["p99_ms"] < TARGET_P99_MS and row["errors"] == 0)
+                               and row["p99_ms"] < TARGET_P99_MS and row["errors"] == 0
+                               and row["metrics_scrape_failures"] == 0)
         rows.append(row)
         print(table([row], COLUMNS), flush=True)
     payload = {"benchmark": "serve_load", "model": str(model), "target": {"req_per_s": TARGET_RPS,
                "p99_ms": TARGET_P99_MS, "errors": 0}, "load_average": os.getloadavg(), "runs": rows}
+    if len(set(args.monitoring)) == 2:
+        payload["monitoring_ratio"] = _ratios(rows)
+        for key, value in payload["monitoring_ratio"].items():
+            print(f"{key}: monitoring on / off = {value['ratio']:.3f} (on {value['on']:.0f}, off {value['off']:.0f} "
+                  f"req/s, medians of {value['pairs']} runs each)")
     path = write_result("serve_load", payload, also=args.json)
     print(f"results: {path.relative_to(REPO)}")
     return 0 if all(row["errors"] == 0 for row in rows) else 1
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """Throughput with monitoring on over off, per workers × threads: the medians of the alternated runs."""
+    out = {}
+    for key in sorted({(r["workers"], r["threads"]) for r in rows}):
+        on = [r["req_per_s"] for r in rows if (r["workers"], r["threads"]) == key and r["monitoring"] == "on"]
+        off = [r["req_per_s"] for r in rows if (r["workers"], r["threads"]) == key and r["monitoring"] == "off"]
+        if on and off:
+            out[f"{key[0]} workers × {key[1]} threads"] = {"on": float(np.median(on)), "off": float(np.median(off)),
+                                                         "ratio": float(np.median(on) / np.median(off)),
+                                                         "pairs": min(len(on), len(off))}
+    return out
 
 
 if __name__ == "__main__":

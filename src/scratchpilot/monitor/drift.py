@@ -79,17 +79,5 @@ def verdict(window: dict) -> tuple[str, list[str]]:
     return ("watch", watched) if watched else ("stable", [])
 
 
-def drift_score(profile: dict, features: Sequence[dict]) -> float:
-    """The largest input-feature PSI of recent answers (the server's drift gauge; NaN with too few)."""
-    if len(features) < MIN_WINDOW:
-        return math.nan
-    scores = []
-    for name, dist in profile["features"].items():
-        values = np.array([f[name] for f in features if _number(f.get(name))])
-        if values.size:
-            scores.append(psi(dist["shares"], dist["n"], bin_counts(values, dist["edges"])))
-    return max(scores) if scores else math.nan
-
-
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -131,6 +131,10 @@ def create_app(model_path, classifier: DigitClassifier | None = None, *, predict
         except ProfileError as exc:  # still served; only the drift gauge goes
             log.warning("%s; the drift score is not computed", exc)
             profile = None
+        if profile is not None and profile["kind"] != "digits":
+            log.warning("%s: its profile is of %s, not digits; the drift score is not computed", model_path,
+                        profile["kind"])
+            profile = None
         app.wsgi_app = Monitoring(app.wsgi_app, classifier, log=prediction_log, log_images=log_images,
                                   metrics=metrics, profile=profile)
         app.extensions["scratchpilot_monitoring"] = app.wsgi_app
