@@ -13,6 +13,8 @@ SHARED_DATA = Path(os.environ.get("SCRATCHPILOT_DATA") or REPO.parent / "shared"
 os.environ["SCRATCHPILOT_DATA"] = str(SHARED_DATA)
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# the commands' default folders (prediction logs, converted backbones, ...) go to a fresh cache, not ~/.cache
+os.environ.setdefault("SCRATCHPILOT_CACHE", __import__("tempfile").mkdtemp(prefix="scratchpilot-test-cache-"))
 ARTIFACTS = REPO / "test-artifacts"
 
 

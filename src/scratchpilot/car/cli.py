@@ -131,6 +131,9 @@ def add_parser(subparsers) -> None:
                    help="real car: no pygame window (and so no space-bar e-stop: Ctrl-C stops the car)")
     p.add_argument("--duration", type=options.positive_number,
                    help="real car: stop after this many seconds (default: Esc/Ctrl-C)")
+    p.add_argument("--log", metavar="DIR", help="folder of the prediction log: every decision with its frame's "
+                                                "features (default: logs/drive in the cache, printed at start)")
+    p.add_argument("--no-log", dest="log_on", action="store_false", help="keep no prediction log")
     _add_json(p)
     p.set_defaults(func=_dispatch("drive"))
 

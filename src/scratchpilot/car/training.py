@@ -95,7 +95,9 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     layout in its metadata; the report has the split, class counts and train/validation accuracy.
     """
     from .. import nn
+    from ..monitor.profile import PROFILE_KEY
     from .augment import Augmenter
+    from .monitoring import frame_features_batch, pilot_profile
     from .pilot import with_history
     from .preprocess import default_spec, from_spec
     from .sessions.reader import load_frames
@@ -112,7 +114,13 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     augmenter = Augmenter(augmentation) if augmentation is not None else None
     copies = augmenter.copies if augmenter is not None else 0
     # one pass over the sessions: each chunk is read once and preprocessed as recorded and under each look
-    frames = load_frames(opened, with_looks(preprocess, augmenter, seed), block_frames=100 if episodes < 5 else None)
+    looks, watched = with_looks(preprocess, augmenter, seed), []
+
+    def looks_and_features(batch: np.ndarray) -> np.ndarray:
+        watched.append(frame_features_batch(batch))  # the frames as recorded, for the reference profile
+        return looks(batch)
+
+    frames = load_frames(opened, looks_and_features, block_frames=100 if episodes < 5 else None)
     views = np.split(frames.features, 1 + copies, axis=1)  # as recorded, then each augmented copy
     X = with_history(views[0], frames.groups, history_lag, image_shape)
     y = frames.labels
@@ -174,6 +182,9 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
                       "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if image_shape is not None:
         model.metadata["image_shape"] = list(image_shape)
+    model.metadata[PROFILE_KEY] = pilot_profile(
+        model, np.concatenate(watched), probabilities=model.predict_proba(X[val]) if validation else None,
+        labels=labels, source=", ".join(s.name for s in opened)[:200])
     return model, report
 
 

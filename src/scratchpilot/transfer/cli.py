@@ -245,6 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         split={"validation_percentage": args.validation_percentage,
                "testing_percentage": args.testing_percentage},
         test_accuracy=test["accuracy"] if test else None, n_test=test["n"] if test else 0)
+    head.metadata["profile"] = _profile(folders, sets, head, data, args.seed)  # monitor.profile.PROFILE_KEY
     saved = save_or_rescue(head.save, args.out, "transfer model")
     total = time.perf_counter() - started
     print(f"saved {saved} ({head.n_parameters():,d} trained parameters); {total:.1f} s in all")
@@ -368,3 +369,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_json_result(args.json, {"model": str(args.model), "dataset": str(folders.root), **result,
                                   "skipped_not_images": folders.skipped, "unreadable": feats.bad})
     return 0
+
+
+def _profile(folders, sets, head, data, seed: int) -> dict:
+    """The reference profile the deployed model is watched against: picture statistics of (a sample of)
+    the training images, as they are on disk, and the head's answers on the validation images."""
+    from ..monitor.image_features import FRAME_FEATURES, picture_features
+    from ..monitor.profile import build_profile
+
+    training = [f.path for i, f in enumerate(folders.files) if sets[i] == "training"]
+    rows = picture_features(training, seed=seed)
+    X_val = data["validation"][0]
+    probabilities = head.predict_proba(X_val, batch_size=256) if len(X_val) else None
+    return build_profile("frames", {name: rows[:, k] for k, name in enumerate(FRAME_FEATURES)},
+                         probabilities=probabilities, labels=list(folders.labels),
+                         source=f"{folders.root} training images ({len(rows):,d} of {len(training):,d})",
+                         held_out=f"validation images ({len(X_val):,d})" if probabilities is not None else "",
+                         seed=seed)
+

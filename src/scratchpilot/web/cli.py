@@ -60,13 +60,18 @@ def cmd_serve(args) -> int:
         from ..digits.models import ensure_default_model
 
         model_path = ensure_default_model(progress=True)
+    from .classifier import DigitClassifier
+
+    try:
+        classifier = DigitClassifier(model_path)  # a bad model file is refused before anything is written
+    except nn.ModelFileError as exc:
+        raise CommandError(f"cannot serve: {exc}") from None
     prediction_log = _open_log(args)
     if args.metrics:
         _multiprocess_metrics(args.workers)
     try:
-        app = create_app(model_path, prediction_log=prediction_log, log_images=args.log_images, metrics=args.metrics)
-    except nn.ModelFileError as exc:
-        raise CommandError(f"cannot serve: {exc}") from None
+        app = create_app(model_path, classifier, prediction_log=prediction_log, log_images=args.log_images,
+                         metrics=args.metrics)
     except ModuleNotFoundError as exc:
         raise CommandError(f"--metrics needs {exc.name}: pip install 'scratchpilot[web]' (or give --no-metrics)"
                            ) from None

@@ -17,7 +17,12 @@ def run(args) -> int:
 
     pilot = load_pilot(args.model)
     names = list(dict.fromkeys(getattr(args, "appearance", None) or ["standard"]))
-    results = drive_conditions(pilot, list(range(args.seed, args.seed + args.tracks)), names, video=args.video)
+    log_part = open_drive_log(args)
+    results = drive_conditions(pilot, list(range(args.seed, args.seed + args.tracks)), names, video=args.video,
+                               log_part=log_part)
+    if log_part is not None:
+        log_part.log.close()
+        print(f"{log_part.written:,d} decisions logged in {log_part.log.folder}")
     for name, result in results.items():
         if len(results) > 1:
             print(f"\n{name}")
@@ -27,6 +32,23 @@ def run(args) -> int:
     # one condition: its result as before; several: one result per condition
     write_json_result(args.json, results[names[0]] if len(results) == 1 else {"conditions": results})
     return 0
+
+
+def open_drive_log(args):
+    """The :class:`~..monitoring.DriveLogPart` ``car drive`` was asked for (None with ``--no-log``)."""
+    if not getattr(args, "log_on", True):
+        return None
+    from ...monitor.predlog import PredictionLog, default_log_dir
+    from ...monitor.profile import model_id
+    from ..monitoring import DriveLogPart
+
+    folder = args.log or default_log_dir("drive")
+    try:
+        log = PredictionLog(folder, name="decisions")
+    except OSError as exc:
+        raise CommandError(f"--log {folder}: cannot write there: {exc.strerror or exc}") from None
+    print(f"prediction log: {log.folder}", flush=True)
+    return DriveLogPart(log, model_id(args.model))
 
 
 def format_conditions_table(results: dict[str, dict], expert: dict | None = None) -> str:
@@ -85,7 +107,9 @@ def drive_real_car(args) -> int:
         client = stream_client(args.source)
         window = open_window(f"scratchpilot drive  {args.source}", not getattr(args, "no_window", False))
         safety = Safety(link, max_frame_age=args.max_frame_age, min_confidence=args.min_confidence or None)
-        car = RealCar(client, safety, window, pilot=pilot, duration_s=getattr(args, "duration", None))
+        log_part = open_drive_log(args)
+        car = RealCar(client, safety, window, pilot=pilot, duration_s=getattr(args, "duration", None),
+                      log_part=log_part)
         target = "dry run, nothing is sent" if args.dry_run else f"serial {args.serial}"
         print(f"driving from {args.source} ({target}); "
               + ("space = e-stop, Esc = quit" if isinstance(window, CarWindow) else "Ctrl-C = stop"), flush=True)

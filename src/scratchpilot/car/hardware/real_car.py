@@ -44,10 +44,12 @@ class RealCar:
         Records every frame the keys or the pilot drove with (skips the ones taken while stopped).
     duration_s, stop_event
         End the run after this long, or once the event is set (tests).
+    log_part : DriveLogPart, optional
+        Logs every decision (:mod:`scratchpilot.car.monitoring`).
     """
 
     def __init__(self, client, safety: Safety, window, *, pilot=None, writer=None, duration_s: float | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, log_part=None):
         self.safety = safety
         self.source = StreamFrames(client)
         self.log = DriveLog(self.source)
@@ -67,6 +69,8 @@ class RealCar:
         if self.recorder is not None:
             car.add(self.recorder, inputs=("image", "label", "frame_time", "episode", "stop"), outputs=("recorded",))
         car.add(self.log, inputs=("frame", "label", "sent"))
+        if log_part is not None:  # the prediction log (car drive --log): every decision, with its frame's features
+            car.add(log_part, inputs=("image", "label", "confidence", "sent", "stop"))
         count = None if self.recorder is None else (lambda: f"recorded: {self.recorder.stats['recorded']}")
         car.add(WindowDisplay(window, safety, "pilot" if pilot is not None else "keys", count),
                 inputs=("image", "label", "confidence", "stop", "frame_time"))

@@ -107,12 +107,13 @@ def record_expert(root, seeds, *, noise: float = 0.02, rng_seed: int = 0, progre
 
 
 def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool = True,
-              max_steps: int | None = None, appearance=None) -> dict:
+              max_steps: int | None = None, appearance=None, log_part=None) -> dict:
     """Let the pilot drive each track of ``seeds`` in the simulator; per-track and summary figures.
 
     The decide latency (preprocess + forward) is measured on every step; the loop rate counts the
     simulator too. ``video`` saves the first track as a GIF of what the car saw and what it did;
-    ``appearance`` is how the world and the camera look (:mod:`.appearance`; default standard).
+    ``appearance`` is how the world and the camera look (:mod:`.appearance`; default standard);
+    ``log_part`` (a :class:`~scratchpilot.car.monitoring.DriveLogPart`) logs every decision.
     """
     from ...nn import blas_threads
     from .env import MAX_EPISODE_STEPS, Simulator
@@ -132,9 +133,11 @@ def drive_sim(pilot, seeds, *, video=None, video_every: int = 2, progress: bool 
                 pilot.reset()
                 recorder.enabled = bool(video) and i == 0
                 sent = Tally()
-                car = pilot_vehicle(sim, pilot, max_steps=max_steps,
-                                    extra=[(recorder, ("image", "sent", "confidence"), ()), (sent, ("sent",), ()),
-                                           (Progress(bar), (), ())])
+                extra = [(recorder, ("image", "sent", "confidence"), ()), (sent, ("sent",), ()),
+                         (Progress(bar), (), ())]
+                if log_part is not None:
+                    extra.append((log_part, ("image", "label", "confidence", "sent", "stop"), ()))
+                car = pilot_vehicle(sim, pilot, max_steps=max_steps, extra=extra)
                 run = car.run()
                 decide = list(run.part_ms["pilot"])
                 timing = percentiles(decide, 50, 99)
@@ -187,12 +190,12 @@ def expert_scores(seeds, progress: bool = False) -> dict:
 
 
 def drive_conditions(pilot, seeds, names, *, video=None, progress: bool = True,
-                     max_steps: int | None = None) -> dict[str, dict]:
+                     max_steps: int | None = None, log_part=None) -> dict[str, dict]:
     """:func:`drive_sim` once per named appearance condition (:data:`~.appearance.CONDITIONS`), on the same
     tracks; the video, if asked for, shows the first condition."""
     from .appearance import condition
 
     looks = [condition(name) for name in names]  # every name checked before the first drive
     return {look.name: drive_sim(pilot, seeds, video=video if i == 0 else None, progress=progress,
-                                 max_steps=max_steps, appearance=look)
+                                 max_steps=max_steps, appearance=look, log_part=log_part)
             for i, look in enumerate(looks)}
