@@ -161,3 +161,35 @@ def test_the_log_survives_kill_9_under_load(profiled_model, tmp_path, shared_dat
     assert len(contents.records) >= sum(answered)
     assert contents.torn <= len(contents.files)
     assert all("torn last record" in p for p in contents.problems)
+
+
+def test_log_images_keeps_the_digit_the_network_saw(profiled_model, tmp_path, shared_data):
+    import base64
+
+    from web_support import BackgroundServer, post_json
+
+    from scratchpilot.monitor.predlog import PredictionLog
+    from scratchpilot.report.monitor import Window, cut
+    from scratchpilot.web.app import create_app
+
+    _, (digits, _) = load_mnist("digits", download=False, progress=False)
+    app = create_app(profiled_model, prediction_log=PredictionLog(tmp_path / "with"), log_images=True)
+    with BackgroundServer(app, threads=2) as running:
+        status, body, _ = post_json(f"{running.url}/api/predict", {"pixels": digits[0].reshape(-1).tolist(),
+                                                                   "preview": True})
+        assert post_json(f"{running.url}/api/predict", {"pixels": [0] * 784})[0] == 422  # nothing drawn
+    assert status == 200
+    records = read_logs([tmp_path / "with"]).records
+    assert [r["status"] for r in records] == [200, 422]
+    image = np.frombuffer(base64.b64decode(records[0]["image"]), dtype=np.uint8)
+    assert image.tolist() == body["preview"] and records[0]["label"] == str(body["label"])
+    assert records[1]["label"] is None and "image" not in records[1]
+    # without --log-images no image is stored; /metrics is off unless asked for
+    app = create_app(profiled_model, prediction_log=PredictionLog(tmp_path / "without"))
+    with BackgroundServer(app, threads=2) as running:
+        post_json(f"{running.url}/api/predict", {"pixels": digits[1].reshape(-1).tolist()})
+        assert Client(running.url).request("GET", "/metrics")[0] == 404
+    assert "image" not in read_logs([tmp_path / "without"]).records[0]
+    # windows by time: records 0 s, 30 s, 61 s, 200 s apart in windows of a minute
+    windows = cut([{"t": t} for t in (0.0, 30.0, 61.0, 200.0)], Window(seconds=60))
+    assert [[r["t"] for r in w] for w in windows] == [[0.0, 30.0], [61.0], [200.0]]
