@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "scratchpilot.transfer.cli",
     "scratchpilot.tune.cli",
     "scratchpilot.report.cli",
+    "scratchpilot.export.cli",
 )
 
 

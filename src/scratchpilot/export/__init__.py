@@ -1,0 +1,1 @@
+"""Models out of the project, in the formats the ecosystem reads: ONNX (:mod:`.onnx_export`)."""
