@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = [
     "train_speed", "cnn_speed", "conv_layout", "accuracy", "csv_parse", "serve_load", "expert_score", "stream_latency",
-    "report_speed", "pilot_latency", "tub_robustness",
+    "report_speed", "pilot_latency", "tub_robustness", "monitor_drift",
 ]
 
 

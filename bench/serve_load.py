@@ -62,9 +62,9 @@ def parse_args(argv):
                         help="server processes; a comma list runs one measurement each (default 1,2)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="pass --no-pin to the server (workers not kept on one CPU each)")
-    parser.add_argument("--monitoring", default="on",
+    parser.add_argument("--monitoring", default="off,on",
                         help="on (the prediction log and /metrics, serve's defaults), off, or off,on to compare "
-                             "(default on)")
+                             "(default off,on)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the --monitoring settings this many times (1)")
     parser.add_argument("--json", type=Path, help="also write the results here (always: bench/results/serve_load.json)")
     args = parser.parse_args(argv)
