@@ -58,6 +58,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=options.model_file, required=True, help="the ensemble's model file")
     p.set_defaults(func=cmd_combine)
 
+    p = sub.add_parser("explain", help="a network in one picture: what each layer makes of one digit",
+                       description="Draw one digit going through the network: for a CNN the input, the most "
+                                   "active feature maps after each convolution stage and the output "
+                                   "probabilities; for an MLP the first layer's weights of the units that fired "
+                                   "most, as 28×28 pictures.")
+    p.add_argument("--model", required=True, help="a digits model file (.npz)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a picture of a digit (PNG, JPEG, ...), prepared as the web page does")
+    source.add_argument("--index", type=options.non_negative_int, help="the N-th digit of mnist-test")
+    p.add_argument("--out", type=options.output_file(".png", ".svg", ".pdf"), default="explain.png",
+                   help="the picture (default explain.png)")
+    p.add_argument("--json", metavar="PATH", type=options.json_file, help="write what was drawn as JSON")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("predict", help="predict labels for every image of a dataset")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help=DATA_HELP)
@@ -323,3 +337,36 @@ def cmd_export_images(args: argparse.Namespace) -> int:
         counts[label] = counts.get(label, 0) + 1
     print(f"wrote {len(images):,d} images to {out}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .. import nn
+    from ..data.digit_image import ImageDecodeError, NothingDrawnError, decode_image, prepare_digit
+    from . import models
+    from .explain import explain
+
+    try:
+        model = models.load_digits_model(args.model)
+    except nn.ModelFileError as exc:
+        raise CommandError(str(exc)) from None
+    if args.image is not None:
+        try:
+            with open(args.image, "rb") as f:
+                digit = prepare_digit(decode_image(f.read(), where=args.image))
+        except (ImageDecodeError, NothingDrawnError) as exc:
+            raise CommandError(str(exc) if args.image in str(exc) else f"{args.image}: {exc}") from None
+    else:
+        test = _load_dataset("mnist-test")
+        if args.index >= len(test.images):
+            raise CommandError(f"--index {args.index}: mnist-test has {len(test.images):,d} digits (0 to "
+                               f"{len(test.images) - 1:,d})")
+        digit = test.images[args.index]
+    try:
+        result = explain(model, digit, args.out)
+    except ValueError as exc:
+        raise CommandError(f"{args.model}: {exc}") from None
+    print(f"wrote {args.out}: {result['kind']} reads {result['label']} "
+          f"({max(result['probabilities']):.0%}); stages {[s['shape'] for s in result['stages']]}")
+    write_json_result(args.json, result)
+    return 0
+
