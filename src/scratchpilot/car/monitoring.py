@@ -9,11 +9,10 @@ import time
 
 import numpy as np
 
-from ..monitor.image_features import FRAME_FEATURES, frame_features, frame_features_batch
+from ..monitor.image_features import FRAME_FEATURES, frame_features
 
-__all__ = ["FRAME_FEATURES", "DriveLogPart", "frame_features", "frame_features_batch", "pilot_profile"]
 
-def pilot_profile(model, frame_features_rows: np.ndarray, *, probabilities: np.ndarray | None, labels,
+def pilot_profile(frame_features_rows: np.ndarray, *, probabilities: np.ndarray | None, labels,
                   source: str, held_out: str = "validation frames") -> dict:
     """The pilot's reference profile: the frame features of its training frames (rows of
     :func:`frame_features_batch`) and its answers on the held-out frames."""

@@ -95,9 +95,10 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     layout in its metadata; the report has the split, class counts and train/validation accuracy.
     """
     from .. import nn
+    from ..monitor.image_features import frame_features_batch
     from ..monitor.profile import PROFILE_KEY
     from .augment import Augmenter
-    from .monitoring import frame_features_batch, pilot_profile
+    from .monitoring import pilot_profile
     from .pilot import with_history
     from .preprocess import default_spec, from_spec
     from .sessions.reader import load_frames
@@ -183,7 +184,7 @@ def train_pilot(sessions, *, hidden: int = 128, epochs: int = 10, val_fraction: 
     if image_shape is not None:
         model.metadata["image_shape"] = list(image_shape)
     model.metadata[PROFILE_KEY] = pilot_profile(
-        model, np.concatenate(watched), probabilities=model.predict_proba(X[val]) if validation else None,
+        np.concatenate(watched), probabilities=model.predict_proba(X[val]) if validation else None,
         labels=labels, source=", ".join(s.name for s in opened)[:200])
     return model, report
 

@@ -101,20 +101,22 @@ def digit_input_features(image) -> dict[str, float]:
 
     Raises :class:`NothingDrawnError` for a blank picture, ``ValueError`` for a malformed one.
     """
-    gray, alpha = _gray_and_alpha(image)
-    ink, background = _ink(gray, alpha, with_background=True)
-    rows = np.flatnonzero(np.logical_or.reduce(ink, axis=1))
-    cols = np.flatnonzero(np.logical_or.reduce(ink, axis=0))
-    return _features(ink, rows, cols, background)
+    return _features(*_ink_box(image))
 
 
-def _prepare(image, with_features: bool):
+def _ink_box(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The ink map, the indices of the rows and of the columns holding ink, and the background level."""
     gray, alpha = _gray_and_alpha(image)
     ink, background = _ink(gray, alpha, with_background=True)
     # ufunc methods rather than ndarray.any/sum/clip: the same arithmetic without their Python wrappers,
     # which cost more than the work on 28×28 pixels (this runs once per web request)
     rows = np.flatnonzero(np.logical_or.reduce(ink, axis=1))
     cols = np.flatnonzero(np.logical_or.reduce(ink, axis=0))
+    return ink, rows, cols, background
+
+
+def _prepare(image, with_features: bool):
+    ink, rows, cols, background = _ink_box(image)
     features = _features(ink, rows, cols, background) if with_features else None
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     digit = _fit_box(crop, BOX)

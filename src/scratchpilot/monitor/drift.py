@@ -18,6 +18,8 @@ from .stats import KS_ALPHA, PSI_DRIFT, PSI_WATCH, bin_counts, ks_2samp, psi
 
 #: windows with fewer answers get no verdict
 MIN_WINDOW = 100
+#: an answer whose top probability is below this counts as low-confidence
+LOW_CONFIDENCE = 0.6
 
 
 def feature_drift(dist: dict, values: np.ndarray) -> dict:
@@ -48,14 +50,14 @@ def assess(profile: dict, records: list[dict]) -> dict:
     """Every statistic of one window of log ``records`` (answered requests) and its verdict."""
     n = len(records)
     out = {"n": n, "features": {}, "classes": None, "confidence": None}
-    confidences = np.array([r["confidence"] for r in records if _number(r.get("confidence"))], dtype=np.float64)
+    confidences = np.array([r["confidence"] for r in records if finite_number(r.get("confidence"))], dtype=np.float64)
     out["mean_confidence"] = float(confidences.mean()) if confidences.size else math.nan
     if n < MIN_WINDOW:
         out["verdict"], out["reasons"] = "too few", [f"{n} answers (a verdict needs {MIN_WINDOW})"]
         return out
     for name, dist in profile["features"].items():
         values = np.array([r["features"][name] for r in records
-                           if isinstance(r.get("features"), dict) and _number(r["features"].get(name))])
+                           if isinstance(r.get("features"), dict) and finite_number(r["features"].get(name))])
         if values.size:
             out["features"][name] = feature_drift(dist, values)
     if profile.get("classes") is not None:
@@ -79,5 +81,6 @@ def verdict(window: dict) -> tuple[str, list[str]]:
     return ("watch", watched) if watched else ("stable", [])
 
 
-def _number(value) -> bool:
+def finite_number(value) -> bool:
+    """A real, finite number (a logged field may hold anything: a string, a bool, NaN, a list)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..monitor.drift import LOW_CONFIDENCE, finite_number
 from . import html as H
 from .findings import Report, ReportError
 
@@ -31,11 +32,9 @@ class Window:
     count: int | None = None
 
     def describe(self) -> str:
-        if self.count is not None:
-            return f"{self.count:,d} answers"
-        from ..tune.study import format_seconds
+        from ..util.text import format_seconds
 
-        return format_seconds(self.seconds)
+        return f"{self.count:,d} answers" if self.count is not None else format_seconds(self.seconds)
 
 
 def parse_window(text: str) -> Window:
@@ -92,8 +91,9 @@ def build_monitor_report(paths, model_path, window: Window, *, out_name: str = "
     if profile is None and not problems:
         problems.append(f"{model_path} has no reference profile (a model file from before profiles were kept): "
                         f"drift is not assessed; the confidence, classes, latencies and errors are")
+    fingerprint = model_id(model_path)
     try:
-        contents = read_logs(paths, model_id=model_id(model_path))
+        contents = read_logs(paths, model_id=fingerprint)
     except OSError as exc:
         raise ReportError(str(exc)) from None
     problems = contents.problems + problems
@@ -103,32 +103,35 @@ def build_monitor_report(paths, model_path, window: Window, *, out_name: str = "
     for records in cut(contents.records, window):
         ok = [r for r in records if r.get("status", 200) == 200 and r.get("label") is not None]
         stats = assess(profile, ok) if profile is not None else _plain(ok)
-        latencies = np.array([r["latency_ms"] for r in records if _number(r.get("latency_ms"))])
+        latencies = np.array([r["latency_ms"] for r in records if finite_number(r.get("latency_ms"))])
         rows.append({"start": records[0]["t"], "end": records[-1]["t"], "records": len(records),
                      "errors": len(records) - len(ok),
                      "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else math.nan,
                      "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else math.nan,
-                     "low_confidence": sum(1 for r in ok if _number(r.get("confidence")) and r["confidence"] < 0.6),
+                     "low_confidence": sum(1 for r in ok if finite_number(r.get("confidence"))
+                                           and r["confidence"] < LOW_CONFIDENCE),
                      **stats})
     drifted = [i for i, w in enumerate(rows) if w["verdict"] == "drift"]
-    data = {"model": str(model_path), "model_id": model_id(model_path), "window": window.describe(),
+    lowest = _lowest(answered)
+    data = {"model": str(model_path), "model_id": fingerprint, "window": window.describe(),
             "files": [str(f) for f in contents.files], "records": len(contents.records), "answered": len(answered),
             "errors": len(errors), "torn": contents.torn, "problems": problems, "profile": profile is not None,
-            "windows": rows, "drifted_windows": drifted, "lowest_confidence": _lowest(answered),
+            "windows": rows, "drifted_windows": drifted,
+            "lowest_confidence": [{k: v for k, v in r.items() if k != "image"} for r in lowest],
             "thresholds": _thresholds()}
-    html = _page(data, profile, out_name)
-    return Report(data=_jsonable(data), html=html, markdown=_markdown(data))
+    # the JSON leaves the logged digits out (the page shows them); NaN and NumPy values become JSON there
+    return Report(data=data, html=_page(data, profile, out_name, lowest), markdown=_markdown(data))
 
 
 def _plain(records: list[dict]) -> dict:
-    conf = np.array([r["confidence"] for r in records if _number(r.get("confidence"))])
+    conf = np.array([r["confidence"] for r in records if finite_number(r.get("confidence"))])
     return {"n": len(records), "features": {}, "classes": None, "confidence": None,
             "mean_confidence": float(conf.mean()) if conf.size else math.nan, "verdict": "not assessed",
             "reasons": ["no reference profile"]}
 
 
 def _lowest(records: list[dict]) -> list[dict]:
-    scored = [r for r in records if _number(r.get("confidence"))]
+    scored = [r for r in records if finite_number(r.get("confidence"))]
     scored.sort(key=lambda r: r["confidence"])
     return [{k: r.get(k) for k in ("t", "label", "confidence", "features", "image", "stop")} for r in
             scored[:LOWEST_SHOWN]]
@@ -145,7 +148,7 @@ def _when(t: float) -> str:
     return _dt.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _page(data: dict, profile: dict | None, out_name: str) -> str:
+def _page(data: dict, profile: dict | None, out_name: str, lowest: list[dict]) -> str:
     rows, th = data["windows"], data["thresholds"]
     verdicts = [w["verdict"] for w in rows]
     header = H.cards([(f"{data['records']:,d}", "records"), (f"{len(rows):,d}", f"windows of {data['window']}"),
@@ -157,7 +160,7 @@ def _page(data: dict, profile: dict | None, out_name: str) -> str:
         if profile.get("classes") is not None:
             sections.append(("classes", "Predicted classes", _classes_section(rows, profile)))
     sections.append(("confidence", "Confidence trend", _confidence_section(rows)))
-    sections.append(("lowest", "Lowest-confidence inputs", _lowest_section(data["lowest_confidence"])))
+    sections.append(("lowest", "Lowest-confidence inputs", _lowest_section(lowest)))
     method = (f"<p>Population stability index over the profile's bins: ≥ {th['psi_drift']} significant shift, "
               f"{th['psi_watch']}–{th['psi_drift']} moderate (watch). A feature or the confidence counts as drift "
               f"when its PSI is ≥ {th['psi_drift']} and a two-sample Kolmogorov–Smirnov test against the profile's "
@@ -234,7 +237,7 @@ def _confidence_section(rows: list[dict]) -> str:
     x = np.arange(1, len(rows) + 1)
     ax.plot(x, [w["mean_confidence"] for w in rows], marker="o", markersize=3, label="mean confidence")
     ax.plot(x, [w["low_confidence"] / max(1, w["records"] - w["errors"]) for w in rows], marker="s", markersize=3,
-            label="share below 0.6")
+            label=f"share below {LOW_CONFIDENCE}")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("window")
     ax.set_title("Confidence (top probability) per window")
@@ -251,7 +254,7 @@ def _lowest_section(lowest: list[dict]) -> str:
         image = _image(r.get("image"))
         if image is not None:
             thumbs.append((H.image_data_uri(image), H.esc(f"{r['label']} {r['confidence']:.2f}")))
-        features = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("features") or {}).items() if _number(v))
+        features = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("features") or {}).items() if finite_number(v))
         out.append((_when(r["t"]), r["label"], f"{r['confidence']:.3f}", features))
     grid = H.thumbnails(thumbs) if thumbs else '<p class="muted">no images in the log (serve --log-images keeps ' \
                                                'them)</p>'
@@ -279,23 +282,7 @@ def _cell(stats: dict | None) -> str:
 
 
 def _fmt(value) -> str:
-    return f"{value:.2f}" if _number(value) else "—"
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items() if k != "image"}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
+    return f"{value:.2f}" if finite_number(value) else "—"
 
 
 def _markdown(data: dict) -> str:

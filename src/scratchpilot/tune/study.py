@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from ..util.text import format_seconds
 from .interrupt import INTERRUPT
 
 # the heartbeat retry, multivariate TPE and the matplotlib plots are marked experimental by Optuna; they
@@ -186,11 +187,6 @@ class Progress:
     def show(self, study: optuna.Study, note: str = "") -> None:
         if self.enabled:
             print(self.line(study, note), flush=True)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int, *,

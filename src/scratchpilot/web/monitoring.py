@@ -28,12 +28,11 @@ import time
 
 import numpy as np
 
+from ..monitor.drift import LOW_CONFIDENCE
 from .fastpath import OBSERVATION_KEY
 
 log = logging.getLogger(__name__)
 
-#: an answer whose top probability is below this counts as low-confidence
-LOW_CONFIDENCE = 0.6
 #: recent answers the drift gauge is computed over, and how often it is recomputed
 DRIFT_WINDOW, DRIFT_EVERY = 500, 100
 #: routes named in the metrics (anything else counts as "other": unbounded label values would grow forever)
